@@ -1,0 +1,28 @@
+# Two commands do all set-up on a fresh clone (the environment is created on first use):
+#   make demo   - the main job on the built-in toy model
+#   make test   - the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.trce-installed
+DEMO_OUT ?= demo-output
+
+# torch is installed first, pinned, so pip never pulls a CUDA build on a CPU box (and does on a GPU box).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+.PHONY: setup demo test lint bench
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -c "from trce_ray.models.tiny import tiny_sd_pipeline; tiny_sd_pipeline().save_pretrained('$(DEMO_OUT)/tiny-sd')"
+	OMP_NUM_THREADS=1 $(BIN)/trce-ray erase --model $(DEMO_OUT)/tiny-sd --concept sexual --output $(DEMO_OUT)/sexual --overwrite
+
+test: $(STAMP)
+	OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check trce_ray jobs tests bench tools

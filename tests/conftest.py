@@ -1,0 +1,43 @@
+"""Shared test set-up: single-threaded torch (faster for tiny models on 2 cores), CPU DeepSpeed, a local Ray."""
+
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+@pytest.fixture
+def tiny_pipe():
+    """A fresh tiny SD-1.x pipeline with random weights (seed 0) and CLIP's real tokenizer."""
+    from trce_ray.models.tiny import tiny_sd_pipeline
+
+    return tiny_sd_pipeline(seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory):
+    """The same tiny pipeline saved as a diffusers folder (safetensors)."""
+    from trce_ray.models.tiny import tiny_sd_pipeline
+
+    path = tmp_path_factory.mktemp("models") / "tiny-sd"
+    tiny_sd_pipeline(seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray instance (2 CPUs) for the whole session; tests must not call ray.shutdown()."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray

@@ -1,0 +1,14 @@
+"""`trce-ray train` (not implemented yet)."""
+
+from __future__ import annotations
+
+from ..errors import TRCEError
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="(coming soon)", description="Not implemented yet.")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    raise TRCEError("'train' is not implemented yet")

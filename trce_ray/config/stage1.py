@@ -1,0 +1,89 @@
+"""Stage 1, Textual Semantic Erasure (paper Sec. 4.1, Eq. 4/5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import field_validator, model_validator
+
+from .base import Section
+
+TokenRole = Literal["eot", "key", "sot"]
+
+
+class Stage1Config(Section):
+    concept: str | None = None  # built-in pack name or a pack file (.yaml / TRCE-style .json); or use prompt files
+    erase_prompts: str | None = None  # one prompt a line; mark the keyword with [brackets] to enable the "key" role
+    target_prompts: str | None = None  # line i = safe counterpart of erase line i
+    preserve_prompts: str | None = None  # one prompt a line; default: vendored COCO captions
+    templates: int = 15  # how many templates of the pack's list to use (paper: 15)
+    synonyms: int | None = None  # use the first N phrases of the pack (paper: 20 for sexual); None = all
+    preserve_count: int = 1000  # preservation prompts taken from the preservation set
+    tokens: list[TokenRole] = ["eot"]  # token roles mapped from malicious to safe (paper Table 4); eot is the default
+    preserve_tokens: Literal["all", "eot"] = "all"  # preserve every position of preservation prompts, or first [EoT]
+    eta: float = 0.01  # preservation weight in Eq. 4 (applied once)
+    ridge: float = 0.0  # UCE-style lambda*W / lambda*I term for singular systems
+    batch_size: int = 64  # prompts per text-encoder batch
+    save_pipeline: bool = False  # also write a full save_pretrained folder of the edited pipeline
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _roles(cls, v):
+        if isinstance(v, str):
+            v = [v]
+        allowed = ("eot", "key", "sot")
+        for role in v:
+            if role not in allowed:
+                raise ValueError(f"unknown token role {role!r}; choose from eot, key, sot")
+        if not v:
+            raise ValueError("at least one token role is needed")
+        return list(dict.fromkeys(v))
+
+    @field_validator("concept")
+    @classmethod
+    def _pack(cls, v):
+        if v is not None:
+            from ..concepts import check_pack_name
+
+            check_pack_name(v)
+        return v
+
+    @field_validator("eta")
+    @classmethod
+    def _eta(cls, v):
+        if not v > 0:
+            raise ValueError("eta must be > 0: it weights preservation and keeps the system solvable")
+        return v
+
+    @field_validator("ridge")
+    @classmethod
+    def _ridge(cls, v):
+        if v < 0:
+            raise ValueError("ridge must be >= 0")
+        return v
+
+    @field_validator("templates", "preserve_count", "batch_size")
+    @classmethod
+    def _positive(cls, v):
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("erase_prompts", "target_prompts", "preserve_prompts")
+    @classmethod
+    def _exists(cls, v):
+        if v is not None and not Path(v).expanduser().is_file():
+            raise ValueError(f"prompt file {v} does not exist")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self):
+        files = self.erase_prompts is not None or self.target_prompts is not None
+        if self.concept is not None and files:
+            raise ValueError("give either a concept pack or erase/target prompt files, not both")
+        if self.concept is None and not files:
+            raise ValueError("no erase prompts: give a concept pack (--concept) or --erase-prompts/--target-prompts")
+        if files and (self.erase_prompts is None or self.target_prompts is None):
+            raise ValueError("--erase-prompts and --target-prompts go together (line i of one pairs with line i)")
+        return self

@@ -1,0 +1,122 @@
+"""The stage-1 run: config -> prompts -> embeddings -> closed-form edit -> `stage1.safetensors`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import stage1 as s1math
+from .artifacts import apply_delta, atomic_dir, save_delta, write_json
+from .concepts import PromptPair, expand_pack, load_pack, pairs_from_files, preserve_prompts
+from .config import Stage1Config, TRCEConfig
+from .errors import TRCEError
+from .models import adapter_for, load_pipeline
+from .models.base import DiffusionAdapter
+
+STAGE1_FILE = "stage1.safetensors"
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def resolve_model_path(path: str) -> str:
+    """"toy" names the built-in toy model shipped with the package."""
+    if path == "toy":
+        from .toy.assets import toy_pipeline_dir
+
+        return str(toy_pipeline_dir())
+    return path
+
+
+def load_model(cfg: TRCEConfig):
+    m = cfg.model
+    return load_pipeline(resolve_model_path(m.path), m.allow_pickle, m.dtype, resolve_device(m.device))
+
+
+def stage1_prompts(s1: Stage1Config) -> tuple[list[PromptPair], list[str]]:
+    """The erase/target pairs and preservation prompts, read and checked before any model work."""
+    if s1.concept is not None:
+        pairs = expand_pack(load_pack(s1.concept), s1.templates, s1.synonyms)
+    else:
+        pairs = pairs_from_files(s1.erase_prompts, s1.target_prompts)
+    keep = preserve_prompts(s1.preserve_prompts, s1.preserve_count)
+    if "key" in s1.tokens:
+        unmarked = [i for i, p in enumerate(pairs) if p.erase_key is None]
+        if unmarked:
+            raise TRCEError(
+                f"token role 'key' needs the keyword marked: erase prompt {unmarked[0] + 1} "
+                f"({pairs[unmarked[0]].erase!r}) has no [bracketed] span"
+            )
+    return pairs, keep
+
+
+@dataclass
+class Stage1Result:
+    delta: dict[str, torch.Tensor]
+    diagnostics: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def compute_stage1(
+    adapter: DiffusionAdapter, pairs: list[PromptPair], keep: list[str], s1: Stage1Config, progress: bool = False
+) -> Stage1Result:
+    """Solve Eq. 5 once per text stream and return the edited K/V weights (the model is left untouched)."""
+    maps, diag, timings = {}, {}, {"embed_s": 0.0, "solve_s": 0.0}
+    for stream in sorted(set(adapter.edit_targets().values())):
+        t0 = time.perf_counter()
+        e_m, e_s = s1math.erase_embeddings(adapter, pairs, s1.tokens, stream, s1.batch_size, progress)
+        gram_k, q = s1math.preserve_gram(adapter, keep, s1.preserve_tokens, stream, s1.batch_size, progress)
+        t1 = time.perf_counter()
+        stats = s1math.stream_statistics(e_m, e_s, gram_k, q)
+        maps[stream] = s1math.solve_map(stats, s1.eta, s1.ridge)
+        timings["embed_s"] += t1 - t0
+        timings["solve_s"] += time.perf_counter() - t1
+        diag[stream] = (e_m, e_s, gram_k, q)
+    t2 = time.perf_counter()
+    delta = s1math.edited_weights(adapter, maps)
+    timings["solve_s"] += time.perf_counter() - t2
+    e_m, e_s, gram_k, q = diag[0]
+    stream0 = {k: v for k, v in delta.items() if adapter.edit_targets()[k] == 0}
+    return Stage1Result(delta, s1math.diagnostics(adapter, stream0, e_m, e_s, gram_k, q), timings)
+
+
+def run_stage1(
+    cfg: TRCEConfig, output: str | Path, overwrite: bool = False, pipe=None, progress: bool = True
+) -> Stage1Result:
+    """Write `stage1.safetensors`, the resolved config and the exact prompt lists to `output`, atomically.
+
+    Every input is read and validated before the output folder appears; a failure leaves no folder behind.
+    """
+    if cfg.stage1 is None:
+        raise TRCEError("no stage1 settings: give --concept or --erase-prompts/--target-prompts")
+    s1 = cfg.stage1
+    pairs, keep = stage1_prompts(s1)
+    if pipe is None:
+        pipe = load_model(cfg)
+    adapter = adapter_for(pipe)
+    with atomic_dir(output, overwrite=overwrite) as tmp:
+        result = compute_stage1(adapter, pairs, keep, s1, progress)
+        meta = {"format": "trce-ray-delta", "stage": "1", "base_model": cfg.model.path, "eta": str(s1.eta)}
+        save_delta(tmp / STAGE1_FILE, result.delta, meta)
+        (tmp / "config.yaml").write_text(cfg.to_yaml())
+        write_json(tmp / "prompts.json", {
+            "erase": [p.erase for p in pairs],
+            "target": [p.target for p in pairs],
+            "preserve": keep,
+            "tokens": list(s1.tokens),
+            "preserve_tokens": s1.preserve_tokens,
+        })
+        write_json(tmp / "stage1_summary.json", {
+            "n_erase_prompts": len(pairs), "n_preserve_prompts": len(keep), "n_edited_matrices": len(result.delta),
+            **result.diagnostics, **result.timings,
+        })
+        if s1.save_pipeline:
+            apply_delta(adapter.denoiser, result.delta)
+            pipe.save_pretrained(tmp / "pipeline", safe_serialization=True)
+    return result
