@@ -74,6 +74,14 @@ def save_delta(path: str | Path, delta: dict[str, torch.Tensor], metadata: dict[
         save_file({k: v.detach().contiguous().cpu() for k, v in delta.items()}, str(tmp), metadata=metadata)
 
 
+def delta_format(path: str | Path) -> str:
+    """The `format` metadata of a saved artifact: "trce-ray-delta" (full tensors) or "trce-ray-lora"."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("format", "trce-ray-delta")
+
+
 def load_delta(path: str | Path) -> dict[str, torch.Tensor]:
     p = Path(path).expanduser()
     if not p.is_file():
