@@ -1,0 +1,115 @@
+"""Stage 2 on Ray Train (CPU, gloo): DDP and DeepSpeed agree, kill-and-resume is bitwise exact, untouched weights stay
+bitwise equal, one denoiser per worker, NaN stops with the last good checkpoint kept, LoRA output loads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_stage2_units import stage2_config
+
+from trce_ray.artifacts import apply_delta, load_delta
+from trce_ray.erase import run_stage1
+from trce_ray.erased import load_erased
+from trce_ray.errors import TRCEError
+from trce_ray.models import adapter_for
+from trce_ray.models.tiny import tiny_sd_pipeline
+from trce_ray.stage2.train import run_stage2, work_dir
+
+TWO = {"train.num_workers": 2, "train.cpus_per_worker": 0.5}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_sd_dir, ray_cluster):
+    """Stage 1 on the tiny model, then an uninterrupted 2-worker DDP stage 2 (the reference run)."""
+    tmp = tmp_path_factory.mktemp("stage2")
+    cfg = stage2_config(tmp, tiny_sd_dir, **TWO)
+    run_stage1(cfg, tmp / "s1", progress=False)
+    ref = run_stage2(cfg, tmp / "ddp", tmp / "s1", progress=False)
+    return tmp, cfg, ref
+
+
+def _metrics(folder: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(x).items() if k != "seconds"}
+            for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_ddp_output_is_a_delta_on_stage1_and_nothing_else_moves(world):
+    tmp, _, ref = world
+    delta = load_delta(ref.output / "stage2.safetensors")
+    stage1 = tiny_sd_pipeline(0)
+    apply_delta(stage1.unet, tmp / "s1" / "stage1.safetensors")
+    visual = set(adapter_for(stage1).trainable_parameter_names("visual"))
+    assert delta and set(delta) <= visual
+    erased = load_erased(str(ref.output), device="cpu")
+    s1_params = dict(stage1.unet.named_parameters())
+    for name, p in erased.unet.named_parameters():
+        if name in delta:
+            assert torch.equal(p, delta[name]) and not torch.equal(p, s1_params[name]), name
+        else:
+            assert torch.equal(p, s1_params[name]), name  # bitwise: frozen weights and the stage-1 edit survive
+    summary = json.loads((ref.output / "stage2_summary.json").read_text())
+    assert summary["models_built"]["UNet2DConditionModel"] == 1  # no reference model in the worker
+    assert [m["step"] for m in _metrics(ref.output)] == list(range(1, ref.steps + 1))
+    assert not work_dir(ref.output).exists()  # checkpoints are cleaned up once the output is complete
+
+
+def test_killed_run_resumes_to_the_same_weights(world):
+    """Worker 0 dies hard after step 3 (checkpoint at step 2); the rerun resumes from step 2 and ends bitwise equal."""
+    tmp, cfg, ref = world
+    out = tmp / "killed"
+    with pytest.raises(TRCEError, match="rerun to resume"):
+        run_stage2(cfg, out, tmp / "s1", progress=False, crash_at_step=3)
+    assert not out.exists()
+    resumed = run_stage2(cfg, out, tmp / "s1", progress=False, crash_at_step=3)  # the marker stops a second crash
+    a, b = load_file(ref.output / "stage2.safetensors"), load_file(resumed.output / "stage2.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert _metrics(out) == _metrics(ref.output)
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_deepspeed_zero_matches_ddp(world, stage):
+    tmp, cfg, ref = world
+    ds_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"backend": "deepspeed",
+                                                                          "zero_stage": stage})})
+    out = run_stage2(ds_cfg, tmp / f"zero{stage}", tmp / "s1", progress=False)
+    a, b = load_file(ref.output / "stage2.safetensors"), load_file(out.output / "stage2.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
+    assert out.cache.reused  # same plan, same cache
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(world):
+    tmp, cfg, _ = world
+    bad = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 1e12, "checkpoint_every": 1,
+                                                                        "num_workers": 0})})  # in-process
+    out = tmp / "nan"
+    with pytest.raises(TRCEError, match=r"loss is (nan|inf) at step [1-9].*last good checkpoint is step"):
+        run_stage2(bad, out, tmp / "s1", progress=False)
+    assert not out.exists()
+    ckpts = sorted(work_dir(out).glob("train/stage2-*/local/checkpoint_*"))
+    assert ckpts
+    state = torch.load(ckpts[-1] / "state.pt", weights_only=True)
+    assert state["step"] >= 1
+    assert all(torch.isfinite(v).all() for v in state["trainable"].values())
+
+
+def test_lora_run_writes_diffusers_lora_that_loads(world):
+    tmp, cfg, _ = world
+    lora = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lora_rank": 2, "num_workers": 0})})
+    out = run_stage2(lora, tmp / "lora", tmp / "s1", progress=False)
+    from trce_ray.artifacts import delta_format
+
+    assert delta_format(out.output / "stage2.safetensors") == "trce-ray-lora"
+    assert all(k.startswith("unet.") and ".lora_" in k for k in out.delta_names)
+    erased = load_erased(str(out.output), device="cpu")
+    stage1 = tiny_sd_pipeline(0)
+    apply_delta(stage1.unet, tmp / "s1" / "stage1.safetensors")
+    targets = {m + ".weight" for m in adapter_for(stage1).lora_target_modules("visual")}
+    s1 = dict(stage1.unet.named_parameters())
+    moved = {n for n, p in erased.unet.named_parameters() if not torch.equal(p, s1[n])}
+    assert moved and moved <= targets

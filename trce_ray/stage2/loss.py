@@ -1,0 +1,60 @@
+"""The stage-2 objective (paper Eq. 6-9), with every target taken from the trajectory cache.
+
+Squared distances are per-element means (||a - b||^2 / numel), as in the authors' code (`F.mse_loss(...).mean`
+over C, H, W); that is the scale on which margin = 0.01 and lambda = 100 were tuned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+def guided(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, beta: float) -> torch.Tensor:
+    """Guidance-enhanced prediction (Eq. 6 with c_m gives f_unsafe, Eq. 7 with c_s gives f_safe)."""
+    return eps_uncond + beta * (eps_cond - eps_uncond)
+
+
+def sq_dist(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared distance, shape [B]."""
+    return (a - b).pow(2).flatten(1).mean(1)
+
+
+def triplet_hinge(pred: torch.Tensor, f_safe: torch.Tensor, f_unsafe: torch.Tensor, margin: float) -> torch.Tensor:
+    """Eq. 8 per sample: max(d(pred, f_safe) - d(pred, f_unsafe) + margin, 0)."""
+    return torch.clamp(sq_dist(pred, f_safe) - sq_dist(pred, f_unsafe) + margin, min=0)
+
+
+@dataclass
+class Stage2Loss:
+    total: torch.Tensor
+    erase: torch.Tensor  # L_erase, averaged over c in {c_m, empty} and the erase draws
+    preserve: torch.Tensor  # L_preserve, averaged over the preservation draws
+
+
+def stage2_loss(
+    pred_cond: torch.Tensor,
+    pred_uncond: torch.Tensor,
+    pred_preserve: torch.Tensor,
+    cached_m: dict[str, torch.Tensor],
+    cached_u: dict[str, torch.Tensor],
+    beta: float,
+    margin: float,
+    lam: float,
+) -> Stage2Loss:
+    """L_erase + lambda * L_preserve.
+
+    Args:
+        pred_cond: trained model at (z_t^m, c_m, t), [B, C, H, W].
+        pred_uncond: trained model at (z_t^m, empty, t), [B, C, H, W].
+        pred_preserve: trained model at (z_t^u, empty, t), [P, C, H, W].
+        cached_m: original model's eps_uncond, eps_cond, eps_safe at z_t^m (from the cache).
+        cached_u: original model's eps_uncond at z_t^u (from the cache).
+    """
+    f_unsafe = guided(cached_m["eps_uncond"], cached_m["eps_cond"], beta)
+    f_safe = guided(cached_m["eps_uncond"], cached_m["eps_safe"], beta)
+    erase = 0.5 * (triplet_hinge(pred_cond, f_safe, f_unsafe, margin)
+                   + triplet_hinge(pred_uncond, f_safe, f_unsafe, margin)).mean()
+    preserve = sq_dist(pred_preserve, cached_u["eps_uncond"]).mean()
+    return Stage2Loss(erase + lam * preserve, erase, preserve)
