@@ -10,6 +10,7 @@ EXAMPLES = """examples:
   trce-ray erase --model CompVis/stable-diffusion-v1-4 --concept sexual --output runs/sexual
   trce-ray erase --config jobs/configs/sd14-sexual.yaml --eta 0.02 --output runs/eta0.02
   trce-ray erase --model toy --erase-prompts erase.txt --target-prompts safe.txt --token eot --token key --output runs/x
+  trce-ray erase --model toy --concept sexual --stages text,visual --output runs/t-plus-v   # stage 1, cache, stage 2
 """
 
 
@@ -35,6 +36,8 @@ def add_parser(sub) -> None:
     g.add_argument("--templates", type=int, help="number of prompt templates (default 15)")
     g.add_argument("--synonyms", type=int, help="use the first N phrases of the pack")
     g.add_argument("--save-pipeline", action="store_true", default=None, help="also save the full edited pipeline")
+    p.add_argument("--stages", default="text", metavar="text,visual",
+                   help="text (stage 1, default), visual (stage 2 alone) or text,visual; stage-2 settings: --set train.*")
     p.set_defaults(run=run)
 
 
@@ -57,6 +60,12 @@ def stage1_overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args, stage1_overrides(args))
     quiet_threads()
+    if args.stages != "text":
+        from ..stage2.pipeline import parse_stages, run_erase
+
+        r = run_erase(cfg, cfg.output, parse_stages(args.stages), overwrite=args.overwrite)
+        print(f"wrote {r.output}: stages {args.stages}, {len(r.delta_names)} stage-2 tensors, loss {r.final_loss:.4g}")
+        return 0
     from ..erase import run_stage1
 
     result = run_stage1(cfg, cfg.output, overwrite=args.overwrite)
