@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
     g.add_argument("--synonyms", type=int, help="use the first N phrases of the pack")
     g.add_argument("--save-pipeline", action="store_true", default=None, help="also save the full edited pipeline")
     p.add_argument("--stages", default="text", metavar="text,visual",
-                   help="text (stage 1, default), visual (stage 2 alone) or text,visual; stage-2 settings: --set train.*")
+                   help="text (stage 1, default), visual (stage 2 alone) or text,visual; tune with --set train.*")
     p.set_defaults(run=run)
 
 
