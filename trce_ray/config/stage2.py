@@ -68,6 +68,7 @@ class TrainConfig(Section):
     batch_size: int = 1  # malicious draws per step, summed over workers (authors' code: 1)
     preserve_per_sample: int = 1  # unconditional draws per malicious draw (authors' code: 4; 1 keeps 3 passes/sample)
     grad_accum: int = 1  # steps whose gradients add up before one optimizer update
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
     params: Literal["visual", "kv"] = "visual"  # visual: self-attn + cross-attn to_q (paper); kv: celebrities (App. E)
     lora_rank: int | None = None  # LoRA of this rank on the chosen set instead of full fine-tuning (SDXL, DiT)
     lora_alpha: float | None = None  # LoRA scale numerator (default: the rank, i.e. scale 1)

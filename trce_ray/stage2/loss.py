@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.base import Conditioning, DiffusionAdapter
+
 
 def guided(eps_uncond: torch.Tensor, eps_cond: torch.Tensor, beta: float) -> torch.Tensor:
     """Guidance-enhanced prediction (Eq. 6 with c_m gives f_unsafe, Eq. 7 with c_s gives f_safe)."""
@@ -58,3 +60,32 @@ def stage2_loss(
                    + triplet_hinge(pred_uncond, f_safe, f_unsafe, margin)).mean()
     preserve = sq_dist(pred_preserve, cached_u["eps_uncond"]).mean()
     return Stage2Loss(erase + lam * preserve, erase, preserve)
+
+
+def cached_draws_loss(
+    adapter: DiffusionAdapter,
+    cond_m: Conditioning,
+    empty: Conditioning,
+    m: dict[str, torch.Tensor],
+    u: dict[str, torch.Tensor],
+    beta: float,
+    margin: float,
+    lam: float,
+) -> Stage2Loss:
+    """The loss of one batch of cached draws: ONE forward of the trained denoiser over
+    [z_t^m with c_m | z_t^m with empty | z_t^u with empty], i.e. 2 + R rows per erase draw and no reference model.
+
+    Args:
+        adapter: the trained model (its `predict_noise` may run through a DDP/DeepSpeed wrapper).
+        cond_m: c_m of each erase draw; empty: the one-row empty-prompt conditioning.
+        m, u: cached records of the erase and preservation draws (z, t, eps_* as in `CachedRows.gather`).
+    """
+    device, dtype = adapter.device, adapter.dtype
+    nm, nu = len(m["z"]), len(u["z"])
+    cond = Conditioning.cat([cond_m, empty[[0] * (nm + nu)]]).to(device, dtype)
+    z = torch.cat([m["z"], m["z"], u["z"]]).to(device, dtype)
+    t = torch.cat([m["t"], m["t"], u["t"]]).to(device)
+    pred = adapter.predict_noise(z, t, cond).float()
+    cached_m = {k: m[k].to(device) for k in ("eps_uncond", "eps_cond", "eps_safe")}
+    return stage2_loss(pred[:nm], pred[nm:2 * nm], pred[2 * nm:], cached_m, {"eps_uncond": u["eps_uncond"].to(device)},
+                       beta, margin, lam)

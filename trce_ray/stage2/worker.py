@@ -139,6 +139,8 @@ class _Worker:
         params = dict(den.named_parameters())
         self.start = {n: params[n].detach().clone() for n in self.trainable}
         den.to(self.device).eval()  # no dropout anywhere: the step is a deterministic function of the plan
+        if self.t.gradient_checkpointing:
+            den.enable_gradient_checkpointing()
         self.adapter, self.pipe, self.den = adapter, pipe, den
         return [params[n] for n in self.trainable]
 
@@ -165,7 +167,6 @@ class _Worker:
             self.model = ray.train.torch.prepare_model(self.den, move_to_device=False)
             self.optimizer = optimizer
         self.routed = type(self.adapter)(_RoutedPipe(self.pipe, self.component, self.model))
-        self.dtype = self.model.module.dtype if hasattr(self.model, "module") else self.den.dtype
 
     # ---- checkpoints ----------------------------------------------------------------------------------------------
     def _restore(self) -> tuple[int, list[dict]]:
@@ -251,21 +252,14 @@ class _Worker:
 
     # ---- the step ---------------------------------------------------------------------------------------------------
     def _micro_loss(self, draws):
-        from .loss import stage2_loss
+        from .loss import cached_draws_loss
 
         e_item, e_step, p_item, p_step = draws
-        m = self.rows_m.gather(e_item, e_step)
-        u = self.rows_u.gather(p_item, p_step)
-        nm, nu = len(e_item), len(p_item)
-        cond_rows = [self.cond_row[int(i)] for i in e_item] + [self.empty_row] * (nm + nu)
-        cond = self.cond[cond_rows].to(self.device, self.dtype)
-        z = torch.cat([m["z"], m["z"], u["z"]]).to(self.device, self.dtype)
-        t = torch.cat([m["t"], m["t"], u["t"]]).to(self.device)
-        pred = self.routed.predict_noise(z, t, cond).float()
-        cached_m = {k: m[k].to(self.device) for k in ("eps_uncond", "eps_cond", "eps_safe")}
-        cached_u = {"eps_uncond": u["eps_uncond"].to(self.device)}
+        cond_m = self.cond[[self.cond_row[int(i)] for i in e_item]]
+        empty = self.cond[[self.empty_row]]
         tc = self.t
-        return stage2_loss(pred[:nm], pred[nm:2 * nm], pred[2 * nm:], cached_m, cached_u, tc.beta, tc.margin, tc.lam)
+        return cached_draws_loss(self.routed, cond_m, empty, self.rows_m.gather(e_item, e_step),
+                                 self.rows_u.gather(p_item, p_step), tc.beta, tc.margin, tc.lam)
 
     def _mean_over_workers(self, values: list[float]) -> list[float]:
         x = torch.tensor(values, dtype=torch.float64)
