@@ -103,14 +103,18 @@ def stream_statistics(e_m: torch.Tensor, e_s: torch.Tensor, gram_k: torch.Tensor
     return StreamStatistics(cross=e_s.T @ e_m / n, erase_gram=e_m.T @ e_m / n, preserve_gram=gram_k / q, n=n, q=q)
 
 
+RCOND = 1e-12  # smallest/largest eigenvalue below which float64 cannot invert the factor meaningfully
+
+
 def solve_map(stats: StreamStatistics, eta: float, ridge: float = 0.0) -> torch.Tensor:
     """M with W' = W @ M for every projection reading this stream (Eq. 5, float64)."""
     d = stats.cross.shape[0]
     eye = torch.eye(d, dtype=torch.float64)
     numer = stats.cross + eta * stats.preserve_gram + ridge * eye
     denom = stats.erase_gram + eta * stats.preserve_gram + ridge * eye
+    eig = torch.linalg.eigvalsh(denom)
     chol, info = torch.linalg.cholesky_ex(denom)
-    if int(info) != 0:
+    if int(info) != 0 or eig[0] <= eig[-1] * RCOND:
         raise TRCEError(
             f"the stage-1 system is singular ({stats.n} erase and {stats.q} preservation embeddings do not span the "
             f"{d}-dim text space); add preservation prompts, or set stage1.ridge > 0 (e.g. 1e-4) as in UCE"
