@@ -90,12 +90,17 @@ def preserve_gram(
     gram, count = None, 0
     for chunk in tqdm(list(_batches(prompts, batch_size)), desc="embed preserve prompts", disable=not progress):
         out = adapter.encode_text(chunk, stream)
-        h = out.hidden.double().cpu()
-        rows = h.reshape(-1, h.shape[-1]) if mode == "all" else h[torch.arange(h.shape[0]), out.eot_index.cpu()]
-        g = rows.T @ rows
+        g, c = gram_of(out.hidden, out.eot_index, mode)
         gram = g if gram is None else gram + g
-        count += rows.shape[0]
+        count += c
     return gram, count
+
+
+def gram_of(hidden: torch.Tensor, eot_index: torch.Tensor, mode: str = "all") -> tuple[torch.Tensor, int]:
+    """(sum e e^T, count) of one batch of hidden states [B, L, D], in float64."""
+    h = hidden.double().cpu()
+    rows = h.reshape(-1, h.shape[-1]) if mode == "all" else h[torch.arange(h.shape[0]), eot_index.cpu()]
+    return rows.T @ rows, rows.shape[0]
 
 
 def stream_statistics(e_m: torch.Tensor, e_s: torch.Tensor, gram_k: torch.Tensor, q: int) -> StreamStatistics:
