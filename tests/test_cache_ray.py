@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
 import ray.cloudpickle
-from test_stage2_units import PAIRS, stage2_config
 
 from trce_ray.stage2.cache import ShardWorker, build_cache, cache_dir_for, load_rows
 from trce_ray.stage2.plan import MALICIOUS, UNCONDITIONAL, make_plan, sampling_cost
 from trce_ray.stage2.shards import read_shard
+
+from .test_stage2_units import PAIRS, stage2_config
 
 
 class DyingWorker(ShardWorker):
@@ -30,7 +32,7 @@ class DyingWorker(ShardWorker):
         return super().__call__(batch)
 
 
-ray.cloudpickle.register_pickle_by_value(__import__(__name__))
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import the test package
 
 
 def test_cache_killed_actor_redone_once_then_reused_and_resumed(tmp_path, tiny_sd_dir, ray_cluster):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import torch
-from test_stage2_units import stage2_config
 
 from trce_ray.artifacts import apply_delta, load_delta
 from trce_ray.cli import main
@@ -11,6 +10,8 @@ from trce_ray.erased import load_erased
 from trce_ray.models import adapter_for
 from trce_ray.models.tiny import tiny_sd_pipeline
 from trce_ray.stage2.train import work_dir
+
+from .test_stage2_units import stage2_config
 
 
 def test_erase_text_visual_kv_then_cache_and_train_commands(tmp_path, tiny_sd_dir, ray_cluster, capsys):

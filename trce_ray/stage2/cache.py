@@ -164,7 +164,7 @@ def build_cache(cfg: TRCEConfig, specs: list[TrajectorySpec], progress: bool = T
     Args:
         worker_cls: the callable class run by each actor (tests pass a subclass that kills its own actor once).
     """
-    from ..erase import resolve_device, resolve_model_path
+    from ..erase import resolve_model_path
 
     t0 = time.perf_counter()
     spec = cache_spec(cfg, specs)
@@ -180,7 +180,7 @@ def build_cache(cfg: TRCEConfig, specs: list[TrajectorySpec], progress: bool = T
     missing = [name for name, _ in layout if not (shard_dir / name).is_file()]
     if missing:
         c = cfg.cache
-        device = resolve_device(cfg.model.device) if c.num_gpus > 0 else "cpu"
+        device = "cuda" if c.num_gpus > 0 else "cpu"  # what the actor gets, not what the driver has
         job = CacheJob(
             resolve_model_path(cfg.model.path), cfg.model.allow_pickle, cfg.model.dtype, device, c.steps, c.guidance,
             c.height, c.width, c.batch_size, c.store_dtype, max(1, int(c.num_cpus)), str(shard_dir),

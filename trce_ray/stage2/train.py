@@ -99,8 +99,9 @@ def run_stage2(cfg: TRCEConfig, output: str | Path, stage1_dir: str | Path | Non
     plan, specs = plan_for(cfg)
     cache = build_cache(cfg, specs, progress)
     delta_path = s1 / "stage1.safetensors" if s1 else None
+    operational = {"max_failures", "storage", "checkpoint_every", "cpus_per_worker"}  # do not change the weights
     job_id = hashlib.sha256(json.dumps({
-        "train": cfg.train.model_dump(mode="json"), "seed": cfg.seed, "cache": cache.path.name,
+        "train": cfg.train.model_dump(mode="json", exclude=operational), "seed": cfg.seed, "cache": cache.path.name,
         "stage1": _file_hash(delta_path), "model": cfg.model.path,
     }, sort_keys=True).encode()).hexdigest()[:16]
     work = work_dir(output)
@@ -114,7 +115,7 @@ def run_stage2(cfg: TRCEConfig, output: str | Path, stage1_dir: str | Path | Non
         delta_metadata={"base_model": cfg.model.path, "stage": "2", "params": cfg.train.params,
                         "on_stage1": "yes" if delta_path else "no"},
         local_checkpoints=str(storage / run_name / "local") if local else None,
-        crash_at_step=crash_at_step, crash_marker=str(storage / f"crashed-{job_id}") if crash_at_step else None,
+        crash_at_step=crash_at_step, crash_marker=str(storage / run_name / "crashed") if crash_at_step else None,
     )
     storage.mkdir(parents=True, exist_ok=True)
     ensure_ray()

@@ -196,6 +196,7 @@ class _Worker:
         """Checkpoint (every worker calls this: DeepSpeed saves one optimizer shard per worker) and report."""
         import ray.train
 
+        self.last_checkpoint = step
         last = metrics[-1] if metrics else {}
         result = {"step": step, "loss": last.get("loss"), "models_built": self.models_built}
         if self.local:  # local mode keeps the Checkpoint object only: the folder must outlive this call
@@ -273,6 +274,7 @@ class _Worker:
 
         self._wrap(self._load())
         start, metrics = self._restore()
+        self.last_checkpoint = start if start else None
         plan, acc, every = self.job.plan, self.t.grad_accum, self.t.checkpoint_every
         draws = self._draws()
         ds = self.t.backend == "deepspeed"
@@ -284,11 +286,10 @@ class _Worker:
                 loss = self._micro_loss(draws[step * acc + micro][2])
                 values = self._mean_over_workers([loss.total.item(), loss.erase.item(), loss.preserve.item()])
                 if not np.isfinite(values[0]):
-                    last = metrics[-1]["step"] if metrics else None
                     raise NonFiniteLoss(
-                        f"the stage-2 loss is {values[0]} at step {step} (erase {values[1]:.4g}, preserve "
-                        f"{values[2]:.4g}); stopped before the update, the last good checkpoint is step {last}: "
-                        "lower train.lr or check the trajectory cache"
+                        f"the stage-2 loss is {values[0]} at step {step + 1} (erase {values[1]:.4g}, preserve "
+                        f"{values[2]:.4g}); stopped before the update, the last good checkpoint is step "
+                        f"{self.last_checkpoint}: lower train.lr or check the trajectory cache"
                     )
                 sums += values
                 if ds:
@@ -314,6 +315,8 @@ class _Worker:
 
     def _maybe_crash(self, step: int) -> None:
         job = self.job
-        if job.crash_at_step == step and self.rank == 0 and job.crash_marker and not os.path.exists(job.crash_marker):
-            Path(job.crash_marker).write_text(str(step))
+        marker = Path(job.crash_marker) if job.crash_marker else None
+        if job.crash_at_step == step and self.rank == 0 and marker and not marker.exists():
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(str(step))
             os._exit(1)
