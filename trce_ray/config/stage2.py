@@ -81,7 +81,7 @@ class TrainConfig(Section):
     checkpoint_every: int = 50  # steps between checkpoints (and always at the end)
     max_failures: int = 0  # worker-group restarts from the latest checkpoint before giving up
     max_steps: int | None = None  # stop after this many steps (smoke runs); None = all epochs
-    storage: str | None = None  # Ray Train checkpoint storage (NFS path or s3:// on a cluster); None: beside output
+    storage: str | None = None  # Ray Train checkpoint folder, shared by all nodes (NFS); None: beside the output
 
     @field_validator("epochs", "batch_size", "preserve_per_sample", "grad_accum", "checkpoint_every", "lora_rank",
                      "max_steps")
