@@ -113,3 +113,57 @@ def test_lora_run_writes_diffusers_lora_that_loads(world):
     s1 = dict(stage1.unet.named_parameters())
     moved = {n for n, p in erased.unet.named_parameters() if not torch.equal(p, s1[n])}
     assert moved and moved <= targets
+
+
+def _hand_written_run(cfg, stage1_file, model_dir):
+    """The stage-2 loop written out plainly on one process: the plan's draws, cached targets, Adam, zero_grad."""
+    from trce_ray.models import load_pipeline
+    from trce_ray.stage2.cache import cache_dir_for, load_rows
+    from trce_ray.stage2.loss import cached_draws_loss
+    from trce_ray.stage2.params import select_trainable
+    from trce_ray.stage2.plan import MALICIOUS, UNCONDITIONAL
+    from trce_ray.stage2.train import plan_for
+
+    plan, specs = plan_for(cfg)
+    adapter = adapter_for(load_pipeline(str(model_dir)))
+    apply_delta(adapter.denoiser, stage1_file)
+    names = set(select_trainable(adapter, cfg.train))
+    params = {n: p for n, p in adapter.denoiser.named_parameters() if n in names}
+    start = {n: p.detach().clone() for n, p in params.items()}
+    opt = torch.optim.Adam(params.values(), lr=cfg.train.lr)
+    cache = cache_dir_for(cfg, specs)
+    rows_m = load_rows(cache, MALICIOUS, {s.index for s in specs if s.kind == MALICIOUS})
+    rows_u = load_rows(cache, UNCONDITIONAL, {s.index for s in specs if s.kind == UNCONDITIONAL})
+    prompt = {s.index: s.prompt for s in specs if s.kind == MALICIOUS}
+    t = cfg.train
+    for step in range(plan.steps):
+        e_item, e_step, p_item, p_step = plan.share(step, 0, 1, 0, 1)
+        loss = cached_draws_loss(adapter, adapter.condition([prompt[int(i)] for i in e_item]), adapter.condition([""]),
+                                 rows_m.gather(e_item, e_step), rows_u.gather(p_item, p_step), t.beta, t.margin, t.lam)
+        loss.total.backward()
+        opt.step()
+        opt.zero_grad()
+    return start, {n: p.detach() for n, p in params.items()}
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_worker_loop_equals_a_hand_written_loop(world, tiny_sd_dir, accum):
+    """Local mode (in this process): the Ray Train loop picks the planned draws and zeroes grads every update (bitwise
+    equal to the hand-written loop); 2 accumulated micro-steps of 1 update like 1 step of 2."""
+    tmp, cfg, _ = world
+    one = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 0})})
+    start, expected = _hand_written_run(one, tmp / "s1" / "stage1.safetensors", tiny_sd_dir)
+    run_cfg = one.model_copy(update={"train": one.train.model_copy(update={"batch_size": 2 // accum,
+                                                                            "grad_accum": accum})})
+    out = run_stage2(run_cfg, tmp / f"local-accum{accum}", tmp / "s1", progress=False)
+    assert out.cache.reused  # same draws, same cache
+    got = load_delta(out.output / "stage2.safetensors")
+    assert got.keys() == expected.keys()
+    if accum == 1:
+        assert all(torch.equal(got[k], expected[k]) for k in got)
+    # 2 micro-batches of 1 sum gradients in another order than 1 batch of 2: float rounding, which Adam's m/sqrt(v)
+    # lifts to a few 1e-5 on weights whose gradient is ~0; over the whole update it stays < 0.1 % (measured 0.06 %),
+    # while the hand loop without zero_grad differs from the same run by 27 % (measured)
+    diff = sum((got[k] - expected[k]).pow(2).sum() for k in got).sqrt()
+    update = sum((expected[k] - start[k]).pow(2).sum() for k in got).sqrt()
+    assert diff / update < 1e-3
