@@ -7,6 +7,7 @@ generation. Ray Data restarts a dead actor and retries its batch (its defaults: 
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -88,6 +89,9 @@ def run_stages(rows: list[dict], stages: list[Stage], desc: str = "images", prog
     ctx = ray.data.DataContext.get_current()
     previous = ctx.enable_progress_bars
     ctx.enable_progress_bars = False  # one bar (ours, in images/s) instead of one per operator
+    data_log = logging.getLogger("ray.data")
+    previous_level = data_log.level
+    data_log.setLevel(logging.WARNING)  # Ray Data's per-dataset INFO lines go to its log file only
     blocks = max(1, min(len(rows), math.ceil(len(rows) / stages[0].batch_size)))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     for st in stages:
@@ -116,4 +120,5 @@ def run_stages(rows: list[dict], stages: list[Stage], desc: str = "images", prog
         raise
     finally:
         ctx.enable_progress_bars = previous
+        data_log.setLevel(previous_level)
     return out

@@ -322,6 +322,8 @@ def run_eval(cfg, output: str | Path | None = None, overwrite: bool = False, tra
                               "skipped": len(ps.skipped), "detectors": plan[ps.name],
                               "image_folder": str(image_root / ps.name)}
     metrics.update(adversarial_mean(metrics))
+    if 0 < metrics.get("adv_sets", 4) < 4:
+        notices.append(f"Adv: mean ASR over {int(metrics['adv_sets'])} of the 4 adversarial sets (the paper uses all 4)")
     celeb = {n: results_by_set[n] for n in ("celebrity-erase", "celebrity-retain") if n in results_by_set}
     if len(celeb) == 2 and "face" in used:
         metrics.update(celebrity_summary(celeb["celebrity-erase"], celeb["celebrity-retain"]))
@@ -332,7 +334,7 @@ def run_eval(cfg, output: str | Path | None = None, overwrite: bool = False, tra
                                     notices, generator_cls))
 
     _write_outputs(out, psets, results_by_set, metrics, sets_info, notices, ecfg, cfg, key, generated, elapsed)
-    _log(tracker, out, metrics, cfg, key)
+    _log(tracker, out, metrics, cfg, key, identity)
     return EvalResult(out, metrics, sets_info, notices, generated)
 
 
@@ -409,11 +411,12 @@ def label_for(cfg) -> str:
     return name + ("+" + "+".join(Path(d).stem for d in cfg.eval.deltas) if cfg.eval.deltas else "")
 
 
-def _log(tracker: Tracker, out: Path, metrics: dict, cfg, key: str) -> None:
+def _log(tracker: Tracker, out: Path, metrics: dict, cfg, key: str, identity: dict) -> None:
     if not tracker.active:
         return
+    # The identity (base model + sha256 of every applied artifact) ties this run to the erase run's logged deltas.
     tracker.set_tags({"trce.label": label_for(cfg), "trce.model": cfg.model.path, "trce.suite": cfg.eval.suite or "",
-                      "trce.generation_key": key})
+                      "trce.generation_key": key, "trce.model_identity": json.dumps(identity)})
     tracker.log_metrics(metrics)
     for name in ("metrics.json", "report.md", "skipped.csv", "config.yaml"):
         tracker.log_artifact(out / name)
