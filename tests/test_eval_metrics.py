@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from scipy import linalg
 
+from tests.conftest import SHARED_DATA
 from trce_ray.errors import TRCEError
 from trce_ray.evaluation.fid import FidFeatureDetector, frechet_distance
 from trce_ray.evaluation.identity import (
@@ -21,7 +22,7 @@ from trce_ray.evaluation.identity import (
 from trce_ray.evaluation.images import image_grid
 from trce_ray.evaluation.q16 import Q16Detector, load_q16_embeddings, q16_metrics, q16_probabilities
 
-Q16_L14 = Path(__file__).resolve().parents[2] / "shared" / "data" / "q16" / "q16_prompts_ViT-L-14.json"
+Q16_L14 = Path(SHARED_DATA) / "q16" / "q16_prompts_ViT-L-14.json"
 COLOURS = {"red": (220, 30, 30), "green": (30, 190, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 
 

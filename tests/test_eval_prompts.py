@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SHARED_DATA
 from trce_ray.config import EvalConfig
 from trce_ray.errors import TRCEError
 from trce_ray.evaluation.prompts import (
@@ -18,7 +19,7 @@ from trce_ray.evaluation.prompts import (
     vendored_path,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"  # conftest.SHARED_DATA
+DATA = Path(SHARED_DATA).resolve()
 
 
 def cfg(**kw) -> EvalConfig:
