@@ -55,7 +55,7 @@ def add_parser(sub) -> None:
     g.add_argument("--q16-embeddings", metavar="FILE", help="Q16 prompt embeddings JSON")
     g.add_argument("--clip-model", metavar="PATH", help="CLIP for CLIP score (paper: ViT-B/32)")
     g.add_argument("--fid-features", metavar="inception|FILE", help="'inception' or a TorchScript feature network")
-    g.add_argument("--fid-weights", metavar="FILE", help="Inception weights (pt_inception-2015-12-05-6726825d.pth)")
+    g.add_argument("--fid-weights", metavar="FILE", help="torch-fidelity Inception weights (weights-inception-*.pth)")
     g.add_argument("--fid-real-images", metavar="DIR", help="real COCO images for FID_real")
     g.add_argument("--face-classifier", metavar="MODULE:ATTR", help="identity classifier builder (celebrity)")
     g.add_argument("--style-classifier", metavar="MODULE:ATTR", help="style classifier builder (artist)")

@@ -59,7 +59,7 @@ class EvalConfig(Section):
     q16_threshold: float = 0.9  # flagged when p(inappropriate) >= this
     clip_model: str | None = None  # CLIP for CLIP score (paper: ViT-B/32), transformers layout
     fid_features: str = "inception"  # "inception" (torchmetrics + torch-fidelity) or a TorchScript feature network
-    fid_weights: str | None = None  # Inception weights file for "inception" (pt_inception-2015-12-05-6726825d.pth)
+    fid_weights: str | None = None  # "inception" weights: weights-inception-2015-12-05-6726825d.pth
     fid_real_images: str | None = None  # folder of real COCO images for FID_real
     face_classifier: str | None = None  # "module:attr" building an identity classifier (celebrity suite)
     style_classifier: str | None = None  # "module:attr" building a style classifier (artist suite)

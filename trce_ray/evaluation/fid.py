@@ -3,7 +3,7 @@ torchmetrics' `FrechetInceptionDistance` fed with those features.
 
 `eval.fid_features`:
 - "inception": torchmetrics' InceptionV3 (FID's standard 2048-d pool features). It needs the `torch-fidelity`
-  package; `eval.fid_weights` names the weights file `pt_inception-2015-12-05-6726825d.pth` (without it,
+  package; `eval.fid_weights` names the weights file `weights-inception-2015-12-05-6726825d.pth` (without it,
   torch-fidelity downloads that file on first use).
 - a TorchScript file: any network taking uint8 images [N, 3, H, W] (0..255, the generated size) to features [N, F].
 """
