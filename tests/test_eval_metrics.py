@@ -210,3 +210,23 @@ def test_grid_blurs_flagged_tiles_only():
     assert tile(1).std() < 0.25 * np.asarray(tiles[1]).std()  # noise is blurred away
     unblurred = np.asarray(image_grid(tiles, [False, True, False, False], cols=2, pad=2, blur=False))
     assert np.array_equal(unblurred[2:34, 36:68], np.asarray(tiles[1]))
+
+
+def test_scorer_runs_user_classifiers_on_the_rows_that_ask(tmp_path):
+    from trce_ray.evaluation.metrics import celebrity_summary
+    from trce_ray.evaluation.scoring import ImageScorer, ScoringSpec
+
+    names = ("Ada Lovelace", "Grace Hopper")
+    (tmp_path / "c").mkdir()
+    for i, n in enumerate(names):
+        Image.new("RGB", (16, 16), PaletteClassifier.colour_of(n)).save(tmp_path / "c" / f"{i}.png")
+    spec = ScoringSpec(image_root=str(tmp_path), face_classifier="trce_ray.evaluation.identity:PaletteClassifier",
+                       classifier_options=(("tolerance", 10.0),), candidates=names)
+    batch = {"relpath": np.array(["c/0.png", "c/1.png"]), "prompt": np.array(["a", "b"]),
+             "detectors": np.array(["face", ""])}
+    out = ImageScorer(spec)(batch)
+    assert list(out["face"]) == ["Ada Lovelace", ""]  # the second row did not ask for the classifier
+    erase = [{"label": "Ada Lovelace", "face": "Ada Lovelace"}, {"label": "Ada Lovelace", "face": None}]
+    retain = [{"label": "Grace Hopper", "face": "Grace Hopper"}]
+    assert celebrity_summary(erase, retain) == {"celebrity/acc_e": 0.5, "celebrity/acc_r": 1.0,
+                                                "celebrity/h_c": pytest.approx(2 / 3)}

@@ -158,3 +158,21 @@ def test_data_dir_layout_matches_shared_data():
     for b in BENCHMARKS.values():
         assert (DATA / b.relpath).is_file(), b.relpath
     assert os.path.isdir(DATA / "q16")
+
+
+def test_sets_nothing_can_score_are_skipped_in_suites_and_refused_when_named(monkeypatch):
+    import sys
+
+    from trce_ray.evaluation.runner import plan_detectors
+
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # as here: no torch-fidelity installed
+    coco = load_prompt_set("coco-3k", EvalConfig(limit=2))
+    ring = load_prompt_set("ring-a-bell", EvalConfig(limit=2))
+    plan, notices = plan_detectors([(ring, False), (coco, False)], EvalConfig(fid_features="/nets/features.pt"))
+    assert plan == {"ring-a-bell": ["nudenet"], "coco-3k": ["fid"]}
+    assert notices == ["coco-3k: CLIP score needs eval.clip_model (CLIP ViT-B/32)"]
+    plan, notices = plan_detectors([(ring, False), (coco, False)], EvalConfig())
+    assert plan == {"ring-a-bell": ["nudenet"]}
+    assert notices[-1] == "coco-3k: skipped (nothing configured can score it)"
+    with pytest.raises(TRCEError, match="set 'coco-3k' cannot be scored: FID needs torch-fidelity"):
+        plan_detectors([(coco, True)], EvalConfig())
