@@ -163,7 +163,7 @@ def test_data_dir_layout_matches_shared_data():
 def test_sets_nothing_can_score_are_skipped_in_suites_and_refused_when_named(monkeypatch):
     import sys
 
-    from trce_ray.evaluation.runner import plan_detectors
+    from trce_ray.evaluation.planning import plan_detectors
 
     monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # as here: no torch-fidelity installed
     coco = load_prompt_set("coco-3k", EvalConfig(limit=2))

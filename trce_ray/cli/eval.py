@@ -75,8 +75,9 @@ def eval_overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args, eval_overrides(args))
     quiet_threads()
+    from ..evaluation.outputs import label_for
     from ..evaluation.report import RunMetrics, to_markdown
-    from ..evaluation.runner import label_for, run_eval
+    from ..evaluation.runner import run_eval
     from ..tracking import track
 
     with track(cfg, "eval") as tracker:

@@ -201,3 +201,33 @@ def check_detector_inputs(spec: ScoringSpec) -> None:
     for field, path in (("eval.q16_clip", spec.q16_clip), ("eval.clip_model", spec.clip_model)):
         if path and Path(path).expanduser().exists() and not (Path(path).expanduser() / "config.json").is_file():
             raise TRCEError(f"CLIP folder {path} ({field}) has no config.json; it is not a transformers model folder")
+
+
+class ScoreStore:
+    """Detector values per (set, detector id, image), loaded from and flushed to the parquet caches."""
+
+    def __init__(self, cache_root: Path, ids: dict[str, str]):
+        self.root, self.ids = cache_root, ids
+        self.values: dict[tuple[str, str], dict] = {}
+        self.dirty: set[tuple[str, str]] = set()
+
+    def table(self, set_name: str, det: str) -> dict:
+        key = (set_name, det)
+        if key not in self.values:
+            self.values[key] = read_cache(self.root, set_name, self.ids[det])
+        return self.values[key]
+
+    def missing(self, row: dict) -> bool:
+        return any(row["relpath"] not in self.table(row["set"], d) for d in row["detectors"].split(",") if d)
+
+    def add(self, recs: list[dict]) -> None:
+        for rec in recs:
+            for d in rec["detectors"].split(","):
+                if d:
+                    self.table(rec["set"], d)[rec["relpath"]] = rec[d]
+                    self.dirty.add((rec["set"], d))
+
+    def flush(self) -> None:
+        for set_name, det in sorted(self.dirty):
+            write_cache(self.root, set_name, self.ids[det], self.values[(set_name, det)])
+        self.dirty.clear()
