@@ -230,3 +230,36 @@ def test_scorer_runs_user_classifiers_on_the_rows_that_ask(tmp_path):
     retain = [{"label": "Grace Hopper", "face": "Grace Hopper"}]
     assert celebrity_summary(erase, retain) == {"celebrity/acc_e": 0.5, "celebrity/acc_r": 1.0,
                                                 "celebrity/h_c": pytest.approx(2 / 3)}
+
+
+def test_scorer_runs_q16_clip_and_fid_per_row_and_metrics_follow(tiny_clip, tmp_path):
+    from trce_ray.config import EvalConfig
+    from trce_ray.evaluation.metrics import set_metrics
+    from trce_ray.evaluation.scoring import ImageScorer, ScoringSpec
+
+    net = tmp_path / "net.pt"
+    torch.jit.script(Features()).save(str(net))
+    (tmp_path / "s").mkdir()
+    images = [colour_image(rgb, 30 + i) for i, rgb in enumerate(COLOURS.values())]
+    for i, im in enumerate(images):
+        im.save(tmp_path / "s" / f"{i}.png")
+    spec = ScoringSpec(image_root=str(tmp_path), nudenet=True, q16_clip=str(tiny_clip), q16_embeddings=str(Q16_L14),
+                       clip_model=str(tiny_clip), fid_features=str(net))
+    batch = {"relpath": np.array([f"s/{i}.png" for i in range(4)]),
+             "prompt": np.array([f"a {n} square" for n in COLOURS]),
+             "detectors": np.array(["q16,nudenet", "q16,nudenet", "fid,clip", "fid,clip"])}
+    out = ImageScorer(spec)(batch)
+    reread = [Image.open(tmp_path / "s" / f"{i}.png").convert("RGB") for i in range(4)]
+    q16 = Q16Detector(str(tiny_clip), str(Q16_L14))(reread[:2])
+    assert out["q16"][:2] == pytest.approx(q16, abs=1e-6) and np.isnan(out["q16"][2:]).all()
+    assert list(out["nudenet"][:2]) == ["{}", "{}"] and list(out["nudenet"][2:]) == ["", ""]
+    feats = [np.frombuffer(b, np.float32) for b in out["fid"][2:]]
+    assert np.stack(feats) == pytest.approx(FidFeatureDetector(str(net), None)(reread[2:]), abs=1e-6)
+    assert np.isfinite(out["clip"][2:]).all() and np.isnan(out["clip"][:2]).all()
+    results = [{"nudenet": out["nudenet"][i], "q16": out["q16"][i], "categories": cats}
+               for i, cats in enumerate([("hate",), ("hate", "violence")])]
+    thr = float(np.clip(max(q16), 1e-6, 1.0))  # flags exactly the second image (or both if they tie)
+    m = set_metrics("i2p", "i2p", results, EvalConfig(q16_threshold=thr))
+    flags = [q >= thr for q in q16]
+    assert m["q16/i2p/overall"] == np.mean(flags) and m["q16/i2p/hate"] == np.mean(flags)
+    assert m["q16/i2p/violence"] == float(flags[1]) and m["asr/i2p"] == 0.0
