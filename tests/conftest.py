@@ -1,11 +1,14 @@
 """Shared test set-up: single-threaded torch (faster for tiny models on 2 cores), CPU DeepSpeed, a local Ray."""
 
 import os
+import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Commands log to MLflow by default; tests must never write ./mlflow.db into the checkout.
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='trce-mlflow-')}/mlflow.db")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

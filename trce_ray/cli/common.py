@@ -18,6 +18,9 @@ def add_config_flags(p: argparse.ArgumentParser, output_required: bool = True) -
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="weights dtype (model.dtype)")
     p.add_argument("--seed", type=int, help="global seed (seed)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--experiment", help="MLflow experiment (tracking.experiment, default trce-ray)")
+    p.add_argument("--no-tracking", dest="tracking_enabled", action="store_false", default=None,
+                   help="do not log this run to MLflow (tracking.enabled)")
     p.add_argument("--output", metavar="DIR", required=output_required, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 
@@ -30,6 +33,8 @@ def common_overrides(args: argparse.Namespace) -> dict:
         "model.dtype": args.dtype,
         "seed": args.seed,
         "tracking.uri": args.tracking_uri,
+        "tracking.experiment": args.experiment,
+        "tracking.enabled": args.tracking_enabled,
         "output": args.output,
     }
 

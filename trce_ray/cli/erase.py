@@ -35,6 +35,8 @@ def add_parser(sub) -> None:
     g.add_argument("--templates", type=int, help="number of prompt templates (default 15)")
     g.add_argument("--synonyms", type=int, help="use the first N phrases of the pack")
     g.add_argument("--save-pipeline", action="store_true", default=None, help="also save the full edited pipeline")
+    p.add_argument("--register-model", metavar="NAME",
+                   help="register the erased model in the MLflow model registry (tracking.register_as)")
     p.set_defaults(run=run)
 
 
@@ -51,6 +53,7 @@ def stage1_overrides(args: argparse.Namespace) -> dict:
         "stage1.templates": args.templates,
         "stage1.synonyms": args.synonyms,
         "stage1.save_pipeline": args.save_pipeline,
+        "tracking.register_as": args.register_model,
     }
 
 
@@ -58,8 +61,13 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args, stage1_overrides(args))
     quiet_threads()
     from ..erase import run_stage1
+    from ..tracking import log_erase_output, track
 
-    result = run_stage1(cfg, cfg.output, overwrite=args.overwrite)
+    with track(cfg, "erase") as tracker:
+        result = run_stage1(cfg, cfg.output, overwrite=args.overwrite)
+        version = log_erase_output(tracker, cfg, cfg.output, {**result.diagnostics, **result.timings})
+    if version is not None:
+        print(f"registered {cfg.tracking.register_as} version {version} in the MLflow model registry")
     d = result.diagnostics
     print(
         f"wrote {cfg.output}/stage1.safetensors: {len(result.delta)} matrices, "
