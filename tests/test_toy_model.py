@@ -1,6 +1,7 @@
 """The shipped toy model and classifier: they load from the package, are what they claim to be, and the classifier
 reads ground truth off fresh renders."""
 
+import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from trce_ray.erase import resolve_model_path
@@ -23,14 +24,16 @@ def test_shipped_pipeline_is_a_real_sd_pipeline_with_clip_token_ids():
     pipe = load_toy_pipeline()
     assert isinstance(pipe, StableDiffusionPipeline) and isinstance(pipe.scheduler, DDIMScheduler)
     cfg = pipe.text_encoder.config
-    assert (cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id) == (CLIP_VOCAB_SIZE, BOS_ID, EOS_ID, EOS_ID)
+    ids = (cfg.vocab_size, cfg.bos_token_id, cfg.eos_token_id, cfg.pad_token_id)
+    assert ids == (CLIP_VOCAB_SIZE, BOS_ID, EOS_ID, EOS_ID)
     ids = pipe.tokenizer("a red circle", padding="max_length", max_length=77).input_ids
     assert ids[0] == BOS_ID and ids[4:] == [EOS_ID] * 73
     adapter = adapter_for(pipe)
-    assert adapter.family == "sd" and adapter.latent_shape() == (4, SIZE // pipe.vae_scale_factor, SIZE // pipe.vae_scale_factor)
+    side = SIZE // pipe.vae_scale_factor
+    assert adapter.family == "sd" and adapter.latent_shape() == (4, side, side)
     assert len(adapter.edit_targets()) == 2 * sum(1 for n, _ in pipe.unet.named_modules() if n.endswith("attn2"))
     # float16 storage, float32 in memory
-    assert next(pipe.unet.parameters()).dtype.is_floating_point and str(next(pipe.unet.parameters()).dtype) == "torch.float32"
+    assert {p.dtype for p in pipe.unet.parameters()} == {torch.float32}
 
 
 def test_classifier_reads_fresh_renders():

@@ -58,7 +58,8 @@ def test_output_layout_and_recipe_round_trip(runs):
     recipe = ToyTrainConfig.load(out / CONFIG_FILE)
     assert recipe.seed == 7 and recipe.arch.vae_channels == (16, 16) and recipe.unet_steps == 3
     # stored in float16, as the shipped weights are
-    assert next(iter(load_file(str(out / PIPELINE_DIR / "unet" / "diffusion_pytorch_model.safetensors")).values())).dtype == torch.float16
+    unet = load_file(str(out / PIPELINE_DIR / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert {v.dtype for v in unet.values()} == {torch.float16}
 
 
 def test_existing_output_is_refused_without_overwrite(runs, capsys):

@@ -118,7 +118,10 @@ def classify(classifier, images: torch.Tensor, batch_size: int = 256) -> dict[st
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64 via symmetric eigendecompositions."""
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64.
+
+    Symmetric eigendecompositions replace scipy's sqrtm: exact for PSD covariances, no complex round-off.
+    """
     a, b = a.double(), b.double()
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = torch.cov(a.T), torch.cov(b.T)
@@ -157,7 +160,8 @@ def score(target: str, sets: dict[str, list[PromptRow]], preds: dict[str, dict[s
     }
 
 
-def per_colour_accuracy(sets: dict[str, list[PromptRow]], preds: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
+def per_colour_accuracy(sets: dict[str, list[PromptRow]],
+                        preds: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
     """Colour accuracy of the preservation set, per asked colour."""
     rows = sets["preservation"]
     asked = torch.tensor([r.colour for r in rows])

@@ -22,8 +22,8 @@ def measure_gates(n_per_colour: int = 16, steps: int = 20, guidance: float = 5.0
         ("original model draws the asked colour, held-out paraphrases", fid["paraphrase"], PARAPHRASE_GATE),
     ]
     lines = [f"{'PASS' if v >= g else 'FAIL'}  {name}: {100 * v:.1f}% (gate {100 * g:.0f}%)" for name, v, g in checks]
-    lines.append("per colour, direct: " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in fid["direct_per_colour"].items()))
-    lines.append("per colour, paraphrase: " + ", ".join(
-        f"{c} {100 * v:.0f}%" for c, v in fid["paraphrase_per_colour"].items()))
+    for name in ("direct", "paraphrase"):
+        per = fid[f"{name}_per_colour"]
+        lines.append(f"per colour, {name}: " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in per.items()))
     return {"classifier": acc, "fidelity": fid, "passed": all(v >= g for _, v, g in checks), "lines": lines,
             "settings": {"n_per_colour": n_per_colour, "steps": steps, "guidance": guidance, "seed": seed}}

@@ -29,7 +29,8 @@ from .model import ArchConfig, assemble, build_scheduler, build_text_encoder, bu
 from .settings import load_section
 from .world import render_batch
 
-PIPELINE_DIR, CLASSIFIER_FILE, CONFIG_FILE, LOG_FILE = "pipeline", "classifier.safetensors", "train_config.yaml", "train_log.json"
+PIPELINE_DIR, CLASSIFIER_FILE = "pipeline", "classifier.safetensors"
+CONFIG_FILE, LOG_FILE = "train_config.yaml", "train_log.json"
 
 
 class ToyTrainConfig(Section):
