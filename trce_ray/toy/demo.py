@@ -47,7 +47,7 @@ class ToyDemoConfig(Section):
     batch_size: PositiveInt = 64
     seed: int = 0  # prompt sampling and per-row generation seeds
     device: str = "auto"
-    stage1: dict[str, Any] = Field(default_factory=lambda: {"eta": 0.1})  # stage1.* overrides of the TRCE(T) row
+    stage1: dict[str, Any] = Field(default_factory=lambda: {"eta": 1.0})  # stage1.* overrides for TRCE(T)
 
     @field_validator("target")
     @classmethod
@@ -90,7 +90,11 @@ def format_table(rows: dict[str, dict[str, float]], target: str) -> str:
 def _grid_groups(sets, images: dict[str, torch.Tensor], columns: int = 8) -> list[tuple[str, torch.Tensor]]:
     groups = [("direct", images["direct"][:columns]), ("paraphrase", images["paraphrase"][:columns])]
     pres = sets["preservation"]
-    near = [i for i, r in enumerate(pres) if r.neighbour][:columns]
+    by_colour: dict[int, list[int]] = {}
+    for i, r in enumerate(pres):
+        if r.neighbour:
+            by_colour.setdefault(r.colour, []).append(i)
+    near = [i for group in zip(*by_colour.values()) for i in group][:columns]  # alternate the neighbour colours
     far = [i for i, r in enumerate(pres) if not r.neighbour][:: max(1, len(pres) // (2 * columns))][:columns]
     groups.append(("neighbours", images["preservation"][near]))
     groups.append(("others", images["preservation"][far]))
