@@ -1,18 +1,32 @@
 """Shared test set-up: single-threaded torch (faster for tiny models on 2 cores), CPU DeepSpeed, a local Ray."""
 
 import os
+import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Commands log to MLflow by default; tests must never write ./mlflow.db into the checkout.
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='trce-mlflow-')}/mlflow.db")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+def _shared_data() -> str:
+    """The paper's prompt sets: $TRCE_SHARED_DATA, else ../shared/data beside the checkout, else /work/shared/data."""
+    candidates = [
+        os.environ.get("TRCE_SHARED_DATA"),
+        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
+        "/work/shared/data",
+    ]
+    return next((c for c in candidates if c and os.path.isdir(c)), candidates[1])
+
+
+SHARED_DATA = _shared_data()
 
 
 @pytest.fixture

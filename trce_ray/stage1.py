@@ -67,7 +67,11 @@ def role_rows(adapter: DiffusionAdapter, pairs: list[PromptPair], roles: list[st
 
 
 def erase_embeddings(
-    adapter: DiffusionAdapter, pairs: list[PromptPair], roles: list[str], stream: int = 0, batch_size: int = 64,
+    adapter: DiffusionAdapter,
+    pairs: list[PromptPair],
+    roles: list[str],
+    stream: int = 0,
+    batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """e_m and e_s rows ([n, d], float64) for the requested token roles."""
@@ -83,24 +87,36 @@ def erase_embeddings(
 
 
 def preserve_gram(
-    adapter: DiffusionAdapter, prompts: list[str], mode: str = "all", stream: int = 0, batch_size: int = 64,
+    adapter: DiffusionAdapter,
+    prompts: list[str],
+    mode: str = "all",
+    stream: int = 0,
+    batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """(sum e_k e_k^T, count) over every token position ("all") or the first [EoT] ("eot") of `prompts`."""
     gram, count = None, 0
     for chunk in tqdm(list(_batches(prompts, batch_size)), desc="embed preserve prompts", disable=not progress):
         out = adapter.encode_text(chunk, stream)
-        h = out.hidden.double().cpu()
-        rows = h.reshape(-1, h.shape[-1]) if mode == "all" else h[torch.arange(h.shape[0]), out.eot_index.cpu()]
-        g = rows.T @ rows
+        g, c = gram_of(out.hidden, out.eot_index, mode)
         gram = g if gram is None else gram + g
-        count += rows.shape[0]
+        count += c
     return gram, count
+
+
+def gram_of(hidden: torch.Tensor, eot_index: torch.Tensor, mode: str = "all") -> tuple[torch.Tensor, int]:
+    """(sum e e^T, count) of one batch of hidden states [B, L, D], in float64."""
+    h = hidden.double().cpu()
+    rows = h.reshape(-1, h.shape[-1]) if mode == "all" else h[torch.arange(h.shape[0]), eot_index.cpu()]
+    return rows.T @ rows, rows.shape[0]
 
 
 def stream_statistics(e_m: torch.Tensor, e_s: torch.Tensor, gram_k: torch.Tensor, q: int) -> StreamStatistics:
     n = e_m.shape[0]
     return StreamStatistics(cross=e_s.T @ e_m / n, erase_gram=e_m.T @ e_m / n, preserve_gram=gram_k / q, n=n, q=q)
+
+
+RCOND = 1e-12  # smallest/largest eigenvalue below which float64 cannot invert the factor meaningfully
 
 
 def solve_map(stats: StreamStatistics, eta: float, ridge: float = 0.0) -> torch.Tensor:
@@ -109,8 +125,9 @@ def solve_map(stats: StreamStatistics, eta: float, ridge: float = 0.0) -> torch.
     eye = torch.eye(d, dtype=torch.float64)
     numer = stats.cross + eta * stats.preserve_gram + ridge * eye
     denom = stats.erase_gram + eta * stats.preserve_gram + ridge * eye
+    eig = torch.linalg.eigvalsh(denom)
     chol, info = torch.linalg.cholesky_ex(denom)
-    if int(info) != 0:
+    if int(info) != 0 or eig[0] <= eig[-1] * RCOND:
         raise TRCEError(
             f"the stage-1 system is singular ({stats.n} erase and {stats.q} preservation embeddings do not span the "
             f"{d}-dim text space); add preservation prompts, or set stage1.ridge > 0 (e.g. 1e-4) as in UCE"
@@ -131,7 +148,11 @@ def edited_weights(adapter: DiffusionAdapter, maps: dict[int, torch.Tensor]) -> 
 
 
 def diagnostics(
-    adapter: DiffusionAdapter, delta: dict[str, torch.Tensor], e_m: torch.Tensor, e_s: torch.Tensor, gram_k: torch.Tensor,
+    adapter: DiffusionAdapter,
+    delta: dict[str, torch.Tensor],
+    e_m: torch.Tensor,
+    e_s: torch.Tensor,
+    gram_k: torch.Tensor,
     q: int,
 ) -> dict[str, float]:
     """How well the edit did what Eq. 4 asks, averaged over edited matrices.

@@ -1,14 +1,48 @@
-"""`trce-ray report` (not implemented yet)."""
+"""`trce-ray report`: paper-shaped comparison tables (markdown + HTML) from eval folders or MLflow runs."""
 
 from __future__ import annotations
 
-from ..errors import TRCEError
+import argparse
+from pathlib import Path
+
+EXAMPLES = """examples:
+  trce-ray report runs/eval-sd14 runs/eval-trce-t runs/eval-trce-tv --output runs/report
+  trce-ray report --experiment trce-ray --output runs/report        # every finished eval run, oldest first
+  trce-ray report 3f2c...e9 a81b...07 --tracking-uri sqlite:///mlflow.db
+"""
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="(coming soon)", description="Not implemented yet.")
+    p = sub.add_parser(
+        "report", help="compare evaluated models in the paper's table layout", epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Print and save (report.md, report.html) tables shaped like TRCE's Table 1/2/9/10.",
+    )
+    p.add_argument("sources", nargs="*", metavar="SOURCE", help="eval output folders or MLflow run ids")
+    p.add_argument("--experiment", default="trce-ray", help="MLflow experiment to read when no source is given")
+    p.add_argument("--last", type=int, help="only the newest N eval runs of the experiment")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument("--output", metavar="DIR", help="folder for report.md and report.html (default: print only)")
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
-    raise TRCEError("'report' is not implemented yet")
+def run(args: argparse.Namespace) -> int:
+    from ..artifacts import atomic_file
+    from ..evaluation.report import from_folder, from_mlflow, is_run_id, to_html, to_markdown
+
+    folders = [s for s in args.sources if not is_run_id(s)]
+    run_ids = [s for s in args.sources if is_run_id(s)]
+    runs = [from_folder(f) for f in folders]
+    if run_ids or not args.sources:
+        runs += from_mlflow(args.tracking_uri, args.experiment, run_ids, args.last)
+    text = to_markdown(runs)
+    print(text)
+    if args.output:
+        out = Path(args.output).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_file(out / "report.md") as tmp:
+            tmp.write_text("# trce-ray evaluation report\n\n" + text)
+        with atomic_file(out / "report.html") as tmp:
+            tmp.write_text(to_html(runs))
+        print(f"wrote {out / 'report.md'} and {out / 'report.html'}")
+    return 0

@@ -34,6 +34,21 @@ def tiny_text_config(hidden_size: int = 32, layers: int = 2, projection_dim: int
     )
 
 
+def tiny_text_encoder(config: CLIPTextConfig, with_projection: bool = False) -> CLIPTextModel:
+    """A random CLIP text encoder whose final LayerNorm has a non-zero affine part, as trained encoders do.
+
+    With the default init (weight 1, bias 0) every hidden state has zero mean over features, so all embeddings lie
+    in one hyperplane and stage 1's normal equations are exactly singular, which no real model shows. A bias with
+    non-zero mean keeps the direction normal to that hyperplane well represented, as in trained encoders.
+    """
+    enc = (CLIPTextModelWithProjection if with_projection else CLIPTextModel)(config)
+    ln = next(m for n, m in enc.named_modules() if n.endswith("final_layer_norm"))
+    with torch.no_grad():
+        ln.weight.normal_(1.0, 0.2)
+        ln.bias.normal_(0.1, 0.2)
+    return enc
+
+
 def tiny_vae(latent_channels: int = 4) -> AutoencoderKL:
     return AutoencoderKL(
         block_out_channels=(16, 32),
@@ -65,7 +80,11 @@ def tiny_unet(cross_attention_dim: int = 32, sample_size: int = 16, **extra) -> 
 
 def tiny_scheduler() -> DDIMScheduler:
     return DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
         steps_offset=1,
     )
 
@@ -77,11 +96,17 @@ def tiny_sd_pipeline(seed: int = 0, family: str = "sd1", text_dim: int = 32) -> 
     torch.manual_seed(seed)
     unet = tiny_unet(cross_attention_dim=text_dim)
     vae = tiny_vae()
-    text_encoder = CLIPTextModel(tiny_text_config(text_dim))
+    text_encoder = tiny_text_encoder(tiny_text_config(text_dim))
     tokenizer = clip_tokenizer(pad_token="<|endoftext|>" if family == "sd1" else "!")
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=tiny_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=tiny_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -99,8 +124,8 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     )
     pipe = StableDiffusionXLPipeline(
         vae=tiny_vae(),
-        text_encoder=CLIPTextModel(tiny_text_config(32)),
-        text_encoder_2=CLIPTextModelWithProjection(tiny_text_config(32, projection_dim=32)),
+        text_encoder=tiny_text_encoder(tiny_text_config(32)),
+        text_encoder_2=tiny_text_encoder(tiny_text_config(32, projection_dim=32), with_projection=True),
         tokenizer=clip_tokenizer(),
         tokenizer_2=clip_tokenizer(pad_token="!"),
         unet=unet,
