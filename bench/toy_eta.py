@@ -39,7 +39,8 @@ def main() -> None:
     rows["original"], reference = measure()
     original = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     for eta in args.eta:
-        cfg = stage1_config(ToyDemoConfig(target=args.target, device="cpu", stage1={"eta": eta, "tokens": args.tokens}))
+        demo = ToyDemoConfig(target=args.target, device="cpu", stage1={"eta": eta, "tokens": args.tokens})
+        cfg = stage1_config(demo)
         pairs, keep = stage1_prompts(cfg.stage1)
         apply_delta(pipe.unet, compute_stage1(adapter_for(pipe), pairs, keep, cfg.stage1).delta)
         rows[f"eta={eta:g}"], _ = measure(reference)

@@ -38,6 +38,7 @@ def vae_step(size: int, batch: int = 32):
         opt.zero_grad()
         loss.backward()
         opt.step()
+
     return step
 
 
@@ -55,6 +56,7 @@ def denoiser_step(size: int, batch: int = 64):
         opt.zero_grad()
         loss.backward()
         opt.step()
+
     return step
 
 

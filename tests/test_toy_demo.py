@@ -10,8 +10,17 @@ from trce_ray.cli import main
 from trce_ray.errors import TRCEError
 from trce_ray.toy import rows as toy_rows
 
-SMALL = ["--set", "n_direct=4", "--set", "n_paraphrase=4", "--set", "n_per_colour=1", "--set", "steps=4",
-         "--no-progress"]
+SMALL = [
+    "--set",
+    "n_direct=4",
+    "--set",
+    "n_paraphrase=4",
+    "--set",
+    "n_per_colour=1",
+    "--set",
+    "steps=4",
+    "--no-progress",
+]
 KEYS = {"direct", "paraphrase", "preservation", "fid_gen", "agreement"}
 
 

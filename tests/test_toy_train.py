@@ -9,9 +9,20 @@ from trce_ray.errors import ConfigError
 from trce_ray.toy.train import CLASSIFIER_FILE, CONFIG_FILE, PIPELINE_DIR, ToyTrainConfig
 
 TINY = [
-    "arch.vae_channels=[16, 16]", "arch.unet_channels=[16, 32]", "arch.text_dim=16", "arch.text_layers=1",
-    "arch.text_heads=2", "vae_steps=2", "vae_batch=4", "dataset_size=16", "unet_steps=3", "unet_batch=4",
-    "clf_steps=2", "clf_batch=4", "warmup=2", "log_every=1",
+    "arch.vae_channels=[16, 16]",
+    "arch.unet_channels=[16, 32]",
+    "arch.text_dim=16",
+    "arch.text_layers=1",
+    "arch.text_heads=2",
+    "vae_steps=2",
+    "vae_batch=4",
+    "dataset_size=16",
+    "unet_steps=3",
+    "unet_batch=4",
+    "clf_steps=2",
+    "clf_batch=4",
+    "warmup=2",
+    "log_every=1",
 ]
 
 

@@ -13,16 +13,22 @@ from trce_ray.toy.bench import frechet_distance, prompt_sets, score
 
 
 def test_render_puts_the_object_colour_at_the_centre_and_background_in_the_corner():
-    scene = world.Scene(colour=0, shape=0, cx=16.0, cy=16.0, radius=8.0, rgb=(200.0, 30.0, 40.0),
-                        background=(20.0, 20.0, 20.0))
+    scene = world.Scene(
+        colour=0, shape=0, cx=16.0, cy=16.0, radius=8.0, rgb=(200.0, 30.0, 40.0), background=(20.0, 20.0, 20.0)
+    )
     img = (world.render(scene) + 1) * 127.5
     np.testing.assert_allclose(img[:, 16, 16], [200, 30, 40], atol=1e-3)
     np.testing.assert_allclose(img[:, 0, 0], [20, 20, 20], atol=1e-3)
 
 
-@pytest.mark.parametrize("shape, area", [
-    ("circle", math.pi * 64), ("square", (1.7 * 8) ** 2), ("cross", 2 * (2 * 8) * (0.7 * 8) - (0.7 * 8) ** 2),
-])
+@pytest.mark.parametrize(
+    "shape, area",
+    [
+        ("circle", math.pi * 64),
+        ("square", (1.7 * 8) ** 2),
+        ("cross", 2 * (2 * 8) * (0.7 * 8) - (0.7 * 8) ** 2),
+    ],
+)
 def test_rendered_coverage_matches_the_shape_area(shape, area):
     scene = world.Scene(0, world.SHAPES.index(shape), 16.0, 16.0, 8.0, (255.0, 255.0, 255.0), (0.0, 0.0, 0.0))
     assert world._mask(scene).sum() == pytest.approx(area, rel=0.03)

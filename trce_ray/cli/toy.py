@@ -17,7 +17,9 @@ EXAMPLES = """examples:
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "toy", help="built-in toy world: demo, quality gates, training", epilog=EXAMPLES,
+        "toy",
+        help="built-in toy world: demo, quality gates, training",
+        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A tiny Stable-Diffusion pipeline and attribute classifier over a world of coloured shapes.",
     )
@@ -31,8 +33,14 @@ def add_parser(sub) -> None:
     d.add_argument("--rows", nargs="+", metavar="ROW", help="erased rows to run (default: all registered)")
     d.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     d.add_argument("--seed", type=int, help="prompt and generation seed")
-    d.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any demo field, e.g. --set stage1.eta=0.05 --set n_direct=16 (repeatable)")
+    d.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any demo field, e.g. --set stage1.eta=0.05 --set n_direct=16 (repeatable)",
+    )
     d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     d.set_defaults(run=run)
 
@@ -46,8 +54,20 @@ def add_parser(sub) -> None:
     t.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     t.add_argument("--config", metavar="FILE", help="training recipe YAML (default: the shipped recipe)")
     t.add_argument("--seed", type=int, help="seed of every random draw")
-    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set unet_steps=200 (repeatable)")
+    t.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe field, e.g. --set unet_steps=200 (repeatable)",
+    )
+    t.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: the shipped weights were made with 1, and float sums depend on it)",
+    )
     t.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     t.set_defaults(run=run)
 
@@ -70,9 +90,18 @@ def run(args: argparse.Namespace) -> int:
 def _demo(args) -> int:
     from ..toy.demo import ToyDemoConfig, run_demo
 
-    cfg = ToyDemoConfig.load(args.config, _overrides(args, {
-        "target": args.target, "rows": args.rows, "device": args.device, "seed": args.seed,
-    }))
+    cfg = ToyDemoConfig.load(
+        args.config,
+        _overrides(
+            args,
+            {
+                "target": args.target,
+                "rows": args.rows,
+                "device": args.device,
+                "seed": args.seed,
+            },
+        ),
+    )
     results = run_demo(cfg, args.output, overwrite=args.overwrite, progress=not args.no_progress)
     print(results["table"])
     print(f"wrote {args.output}/results.json, grids and one folder per erased row")
@@ -92,11 +121,20 @@ def _gates(args) -> int:
 
 
 def _train(args) -> int:
+    import torch
+
+    from ..errors import TRCEError
     from ..toy.train import ToyTrainConfig, train_toy
+
+    if args.threads < 1:
+        raise TRCEError(f"--threads must be >= 1 (got {args.threads})")
+    torch.set_num_threads(args.threads)
 
     cfg = ToyTrainConfig.load(args.config, _overrides(args, {"seed": args.seed}))
     log = train_toy(cfg, args.output, overwrite=args.overwrite, progress=not args.no_progress)
     t = log["timings"]
-    print(f"wrote {args.output}: VAE {t['vae_s']:.0f}s, UNet + text encoder {t['denoiser_s']:.0f}s, "
-          f"classifier {t['classifier_s']:.0f}s, total {t['total_s'] / 60:.1f} min on {log['threads']} thread(s)")
+    print(
+        f"wrote {args.output}: VAE {t['vae_s']:.0f}s, UNet + text encoder {t['denoiser_s']:.0f}s, "
+        f"classifier {t['classifier_s']:.0f}s, total {t['total_s'] / 60:.1f} min on {log['threads']} thread(s)"
+    )
     return 0

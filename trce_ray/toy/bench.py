@@ -47,8 +47,9 @@ class PromptRow:
     neighbour: bool = False  # a preservation row whose colour is one of the target's nearest
 
 
-def _phrase_rows(rng: np.random.Generator, n: int, colour: str, exprs: tuple[str, ...], seed0: int,
-                 flag: bool = False) -> list[PromptRow]:
+def _phrase_rows(
+    rng: np.random.Generator, n: int, colour: str, exprs: tuple[str, ...], seed0: int, flag: bool = False
+) -> list[PromptRow]:
     rows = []
     for i in range(n):
         shape = i % len(SHAPES)  # balanced shapes
@@ -59,8 +60,9 @@ def _phrase_rows(rng: np.random.Generator, n: int, colour: str, exprs: tuple[str
     return rows
 
 
-def prompt_sets(target: str, n_direct: int = 48, n_paraphrase: int = 48, n_per_colour: int = 12,
-                seed: int = 0) -> dict[str, list[PromptRow]]:
+def prompt_sets(
+    target: str, n_direct: int = 48, n_paraphrase: int = 48, n_per_colour: int = 12, seed: int = 0
+) -> dict[str, list[PromptRow]]:
     """The three prompt sets for erasing `target`; each row carries its own generation seed."""
     if target not in COLOURS:
         raise ValueError(f"unknown toy colour {target!r}; colours: {', '.join(COLOURS)}")
@@ -83,8 +85,9 @@ def prompt_sets(target: str, n_direct: int = 48, n_paraphrase: int = 48, n_per_c
 
 
 @torch.no_grad()
-def generate(pipe, rows: list[PromptRow], steps: int = 20, guidance: float = 5.0, batch_size: int = 64,
-             bar: tqdm | None = None) -> torch.Tensor:
+def generate(
+    pipe, rows: list[PromptRow], steps: int = 20, guidance: float = 5.0, batch_size: int = 64, bar: tqdm | None = None
+) -> torch.Tensor:
     """Images in [-1, 1], [N, 3, H, W]; row i's starting noise comes from row i's seed alone, so batching and
     order never change an image."""
     out = []
@@ -95,7 +98,10 @@ def generate(pipe, rows: list[PromptRow], steps: int = 20, guidance: float = 5.0
         shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
         latents = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, pipe.unet.dtype)
         images = pipe(
-            prompt=[r.prompt for r in chunk], latents=latents, num_inference_steps=steps, guidance_scale=guidance,
+            prompt=[r.prompt for r in chunk],
+            latents=latents,
+            num_inference_steps=steps,
+            guidance_scale=guidance,
             output_type="pt",
         ).images
         out.append(images.float().cpu() * 2 - 1)
@@ -135,8 +141,12 @@ def _rate(mask: torch.Tensor) -> float:
     return float(mask.float().mean()) if mask.numel() else float("nan")
 
 
-def score(target: str, sets: dict[str, list[PromptRow]], preds: dict[str, dict[str, torch.Tensor]],
-          reference_features: torch.Tensor | None = None) -> dict[str, float]:
+def score(
+    target: str,
+    sets: dict[str, list[PromptRow]],
+    preds: dict[str, dict[str, torch.Tensor]],
+    reference_features: torch.Tensor | None = None,
+) -> dict[str, float]:
     """One table row from classifier outputs per prompt set (see the module docstring for each metric).
 
     `reference_features`: the original model's preservation features; None means this is the original (fid_gen 0).
@@ -160,8 +170,9 @@ def score(target: str, sets: dict[str, list[PromptRow]], preds: dict[str, dict[s
     }
 
 
-def per_colour_accuracy(sets: dict[str, list[PromptRow]],
-                        preds: dict[str, dict[str, torch.Tensor]]) -> dict[str, float]:
+def per_colour_accuracy(
+    sets: dict[str, list[PromptRow]], preds: dict[str, dict[str, torch.Tensor]]
+) -> dict[str, float]:
     """Colour accuracy of the preservation set, per asked colour."""
     rows = sets["preservation"]
     asked = torch.tensor([r.colour for r in rows])
@@ -169,8 +180,16 @@ def per_colour_accuracy(sets: dict[str, list[PromptRow]],
     return {COLOURS[c]: _rate(ok[asked == c]) for c in sorted(set(asked.tolist()))}
 
 
-def fidelity(pipe, classifier, n_per_colour: int = 16, steps: int = 20, guidance: float = 5.0, seed: int = 0,
-             batch_size: int = 64, progress: bool = False) -> dict:
+def fidelity(
+    pipe,
+    classifier,
+    n_per_colour: int = 16,
+    steps: int = 20,
+    guidance: float = 5.0,
+    seed: int = 0,
+    batch_size: int = 64,
+    progress: bool = False,
+) -> dict:
     """How often the model draws the asked colour (and shape), per colour, for direct and held-out prompts.
 
     The quality gates for the shipped model: direct >= 0.90 and paraphrase >= 0.80 (means over colours).
@@ -202,5 +221,8 @@ def classifier_accuracy(classifier, n: int = 1000, seed: int = 12345) -> dict[st
     pred = classify(classifier, torch.from_numpy(images))
     colour = torch.tensor([s.colour for s in scenes])
     shape = torch.tensor([s.shape for s in scenes])
-    return {"colour": _rate(pred["colour"] == colour), "shape": _rate(pred["shape"] == shape),
-            "both": _rate((pred["colour"] == colour) & (pred["shape"] == shape))}
+    return {
+        "colour": _rate(pred["colour"] == colour),
+        "shape": _rate(pred["shape"] == shape),
+        "both": _rate((pred["colour"] == colour) & (pred["shape"] == shape)),
+    }

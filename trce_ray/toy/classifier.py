@@ -31,13 +31,26 @@ class ToyClassifier(nn.Module):
         self.width, self.feature_dim = width, feature_dim
 
         def stage(cin, cout):
-            return [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU(),
-                    nn.Conv2d(cout, cout, 3, padding=1), nn.BatchNorm2d(cout), nn.ReLU()]
+            return [
+                nn.Conv2d(cin, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+                nn.Conv2d(cout, cout, 3, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(),
+            ]
 
         w = width
         self.body = nn.Sequential(
-            *stage(3, w), nn.MaxPool2d(2), *stage(w, 2 * w), nn.MaxPool2d(2), *stage(2 * w, 4 * w),
-            nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(4 * w, feature_dim), nn.ReLU(),
+            *stage(3, w),
+            nn.MaxPool2d(2),
+            *stage(w, 2 * w),
+            nn.MaxPool2d(2),
+            *stage(2 * w, 4 * w),
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(),
+            nn.Linear(4 * w, feature_dim),
+            nn.ReLU(),
         )
         self.colour_head = nn.Linear(feature_dim, len(COLOURS))
         self.shape_head = nn.Linear(feature_dim, len(SHAPES))
@@ -53,8 +66,11 @@ class ToyClassifier(nn.Module):
 
 def save_classifier(model: ToyClassifier, path: str | Path) -> None:
     meta = {
-        "format": FORMAT, "width": str(model.width), "feature_dim": str(model.feature_dim),
-        "colours": json.dumps(list(COLOURS)), "shapes": json.dumps(list(SHAPES)),
+        "format": FORMAT,
+        "width": str(model.width),
+        "feature_dim": str(model.feature_dim),
+        "colours": json.dumps(list(COLOURS)),
+        "shapes": json.dumps(list(SHAPES)),
     }
     with atomic_file(path) as tmp:
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=meta)

@@ -74,9 +74,7 @@ class ToyDemoConfig(Section):
 
 def format_table(rows: dict[str, dict[str, float]], target: str) -> str:
     """Plain-text table with arrows saying which direction is better, rates as percentages."""
-    head = f"{'erase ' + repr(target):<14}" + "".join(
-        f"{h + ('↑' if up else '↓'):>13}" for _, h, up in COLUMNS
-    )
+    head = f"{'erase ' + repr(target):<14}" + "".join(f"{h + ('↑' if up else '↓'):>13}" for _, h, up in COLUMNS)
     lines = [head, "-" * len(head)]
     for name, m in rows.items():
         cells = []
@@ -114,9 +112,15 @@ def run_demo(cfg: ToyDemoConfig, output: str | Path, overwrite: bool = False, pr
     base = load_pipeline(str(toy_pipeline_dir()), device=device)
     classifier = load_toy_classifier()
     per_row = sum(-(-len(sets[s]) // cfg.batch_size) for s in SET_NAMES)
-    results: dict = {"rows": {}, "target": cfg.target, "neighbours": list(neighbours(cfg.target)),
-                     "prompt_sets": {s: len(sets[s]) for s in SET_NAMES}, "per_colour": {}, "timings_s": {},
-                     "config": cfg.model_dump(mode="json")}
+    results: dict = {
+        "rows": {},
+        "target": cfg.target,
+        "neighbours": list(neighbours(cfg.target)),
+        "prompt_sets": {s: len(sets[s]) for s in SET_NAMES},
+        "per_colour": {},
+        "timings_s": {},
+        "config": cfg.model_dump(mode="json"),
+    }
     with atomic_dir(output, overwrite=overwrite) as tmp:
         reference = None
         with tqdm(total=per_row * (1 + len(row_names)), desc="toy demo", unit="batch", disable=not progress) as bar:

@@ -7,8 +7,9 @@ DIRECT_GATE = 0.90  # the original model draws the asked colour for direct promp
 PARAPHRASE_GATE = 0.80  # ... and for held-out paraphrases
 
 
-def measure_gates(n_per_colour: int = 16, steps: int = 20, guidance: float = 5.0, seed: int = 0,
-                  progress: bool = False) -> dict:
+def measure_gates(
+    n_per_colour: int = 16, steps: int = 20, guidance: float = 5.0, seed: int = 0, progress: bool = False
+) -> dict:
     """Measure the three gates on the shipped weights; `lines` is a printable summary."""
     from .assets import load_toy_classifier, load_toy_pipeline
     from .bench import classifier_accuracy, fidelity
@@ -25,5 +26,10 @@ def measure_gates(n_per_colour: int = 16, steps: int = 20, guidance: float = 5.0
     for name in ("direct", "paraphrase"):
         per = fid[f"{name}_per_colour"]
         lines.append(f"per colour, {name}: " + ", ".join(f"{c} {100 * v:.0f}%" for c, v in per.items()))
-    return {"classifier": acc, "fidelity": fid, "passed": all(v >= g for _, v, g in checks), "lines": lines,
-            "settings": {"n_per_colour": n_per_colour, "steps": steps, "guidance": guidance, "seed": seed}}
+    return {
+        "classifier": acc,
+        "fidelity": fid,
+        "passed": all(v >= g for _, v, g in checks),
+        "lines": lines,
+        "settings": {"n_per_colour": n_per_colour, "steps": steps, "guidance": guidance, "seed": seed},
+    }

@@ -10,8 +10,9 @@ from PIL import Image, ImageDraw
 from ..artifacts import atomic_file
 
 
-def save_grid(groups: list[tuple[str, torch.Tensor]], path: str | Path, title: str = "", scale: int = 3,
-              label_width: int = 120) -> None:
+def save_grid(
+    groups: list[tuple[str, torch.Tensor]], path: str | Path, title: str = "", scale: int = 3, label_width: int = 120
+) -> None:
     """`groups`: (label, images [N, 3, H, W] in [-1, 1]); each group becomes one labelled row."""
     columns = max(len(x) for _, x in groups)
     h, w = groups[0][1].shape[-2:]

@@ -10,6 +10,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNe
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..config.base import Section
+from ..models.tiny import tiny_scheduler
 from ..models.tokenizer import BOS_ID, CLIP_VOCAB_SIZE, EOS_ID, clip_tokenizer
 from .world import SIZE
 
@@ -58,32 +59,37 @@ def build_unet(arch: ArchConfig) -> UNet2DConditionModel:
 
 
 def build_text_encoder(arch: ArchConfig) -> CLIPTextModel:
-    return CLIPTextModel(CLIPTextConfig(
-        vocab_size=CLIP_VOCAB_SIZE,
-        hidden_size=arch.text_dim,
-        intermediate_size=arch.text_dim * 4,
-        num_hidden_layers=arch.text_layers,
-        num_attention_heads=arch.text_heads,
-        max_position_embeddings=77,
-        bos_token_id=BOS_ID,
-        eos_token_id=EOS_ID,
-        pad_token_id=EOS_ID,
-        projection_dim=arch.text_dim,
-    ))
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=CLIP_VOCAB_SIZE,
+            hidden_size=arch.text_dim,
+            intermediate_size=arch.text_dim * 4,
+            num_hidden_layers=arch.text_layers,
+            num_attention_heads=arch.text_heads,
+            max_position_embeddings=77,
+            bos_token_id=BOS_ID,
+            eos_token_id=EOS_ID,
+            pad_token_id=EOS_ID,
+            projection_dim=arch.text_dim,
+        )
+    )
 
 
 def build_scheduler() -> DDIMScheduler:
-    """SD-1.x's noise schedule, sampled with DDIM (the paper's sampler)."""
-    return DDIMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-    )
+    """SD-1.x's noise schedule (scaled_linear 0.00085-0.012, 1000 steps), sampled with DDIM (the paper's sampler)."""
+    return tiny_scheduler()
 
 
 def assemble(vae, text_encoder, unet) -> StableDiffusionPipeline:
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet, scheduler=build_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=clip_tokenizer(),
+        unet=unet,
+        scheduler=build_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

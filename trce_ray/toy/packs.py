@@ -29,7 +29,8 @@ def pack_phrases(colour: str) -> list[dict[str, str]]:
     anchored to the same shape in the safe colour."""
     return [
         {"phrase": object_phrase(expr, SHAPE_WORDS[s][0]), "anchor": object_phrase(SAFE_COLOUR, SHAPE_WORDS[s][0])}
-        for expr in pack_words(colour) for s in SHAPES
+        for expr in pack_words(colour)
+        for s in SHAPES
     ]
 
 

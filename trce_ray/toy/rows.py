@@ -4,9 +4,10 @@ erased pipeline; adding a row (TRCE(V), TRCE(T+V)) is one function and one entry
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from .packs import pack_name, preserve_file
 

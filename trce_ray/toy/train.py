@@ -67,11 +67,13 @@ class ToyTrainConfig(Section):
 
 def _lr_lambda(warmup: int, total: int):
     """Linear warm-up, then cosine decay to 10%."""
+
     def f(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = (step - warmup) / max(1, total - warmup)
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
     return f
 
 
@@ -125,8 +127,9 @@ def train_vae(cfg: ToyTrainConfig, progress: bool = True):
 def _caption_ids(tokenizer, captions: list[str], cache: dict) -> torch.Tensor:
     missing = [c for c in dict.fromkeys(captions) if c not in cache]
     if missing:
-        ids = tokenizer(missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
-                        return_tensors="pt").input_ids
+        ids = tokenizer(
+            missing, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         cache.update(zip(missing, ids))
     return torch.stack([cache[c] for c in captions])
 
@@ -164,10 +167,13 @@ def train_denoiser(cfg: ToyTrainConfig, vae, progress: bool = True):
     noise_sched = build_scheduler()
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    opt = torch.optim.AdamW([
-        {"params": unet.parameters(), "lr": cfg.unet_lr},
-        {"params": text_encoder.parameters(), "lr": cfg.text_lr},
-    ], weight_decay=0.0)  # no decay: unused vocabulary rows keep their initial values
+    opt = torch.optim.AdamW(
+        [
+            {"params": unet.parameters(), "lr": cfg.unet_lr},
+            {"params": text_encoder.parameters(), "lr": cfg.text_lr},
+        ],
+        weight_decay=0.0,
+    )  # no decay: unused vocabulary rows keep their initial values
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, cfg.unet_steps))
     params = list(unet.parameters()) + list(text_encoder.parameters())
     ema = [p.detach().clone() for p in params]
@@ -248,8 +254,13 @@ def train_toy(cfg: ToyTrainConfig, output: str | Path, overwrite: bool = False, 
     timings["classifier_s"] = time.perf_counter() - t2
     timings["total_s"] = time.perf_counter() - t0
     log = {
-        "timings": timings, "vae": vae_log, "denoiser": den_log, "classifier": clf_log,
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
+        "timings": timings,
+        "vae": vae_log,
+        "denoiser": den_log,
+        "classifier": clf_log,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
     }
     pipe = assemble(vae, text_encoder, unet)
     with atomic_dir(output, overwrite=overwrite) as tmp:

@@ -23,42 +23,50 @@ SUPERSAMPLE = 4  # shapes are drawn at 4x and box-filtered down, so edges are an
 # name: (RGB base, synonyms, pack paraphrases, held-out paraphrases)
 _COLOURS: dict[str, tuple[tuple[int, int, int], tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "red": (
-        (205, 30, 35), ("crimson", "scarlet"),
+        (205, 30, 35),
+        ("crimson", "scarlet"),
         ("the color of a ripe tomato", "the color of fresh blood"),
         ("the color of a fire truck", "the color of a strawberry"),
     ),
     "orange": (
-        (240, 135, 20), ("tangerine", "amber"),
+        (240, 135, 20),
+        ("tangerine", "amber"),
         ("the color of a pumpkin", "the color of a carrot"),
         ("the color of a traffic cone", "the color of a goldfish"),
     ),
     "yellow": (
-        (235, 220, 45), ("golden", "lemon"),
+        (235, 220, 45),
+        ("golden", "lemon"),
         ("the color of a banana", "the color of the sun"),
         ("the color of a school bus", "the color of a sunflower"),
     ),
     "green": (
-        (45, 170, 60), ("emerald", "lime"),
+        (45, 170, 60),
+        ("emerald", "lime"),
         ("the color of grass", "the color of a leaf"),
         ("the color of a frog", "the color of fresh peas"),
     ),
     "blue": (
-        (40, 80, 225), ("azure", "navy"),
+        (40, 80, 225),
+        ("azure", "navy"),
         ("the color of the sky", "the color of the ocean"),
         ("the color of a sapphire", "the color of blueberries"),
     ),
     "purple": (
-        (135, 45, 185), ("violet", "plum"),
+        (135, 45, 185),
+        ("violet", "plum"),
         ("the color of grapes", "the color of an eggplant"),
         ("the color of an amethyst", "the color of royal robes"),
     ),
     "pink": (
-        (245, 130, 195), ("rose", "fuchsia"),
+        (245, 130, 195),
+        ("rose", "fuchsia"),
         ("the color of bubblegum", "the color of a flamingo"),
         ("the color of cotton candy", "the color of a piglet"),
     ),
     "gray": (
-        (150, 150, 150), ("grey", "silver"),
+        (150, 150, 150),
+        ("grey", "silver"),
         ("the color of ash", "the color of concrete"),
         ("the color of a rain cloud", "the color of an elephant"),
     ),
@@ -123,8 +131,9 @@ def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def object_phrase(colour_expr: str | None, shape_word: str, size_word: str | None = None,
-                  position: str | None = None) -> str:
+def object_phrase(
+    colour_expr: str | None, shape_word: str, size_word: str | None = None, position: str | None = None
+) -> str:
     """'a small crimson circle on the left' or, for a paraphrase, 'a circle the color of a ripe tomato'."""
     words = [w for w in (size_word,) if w]
     if colour_expr is not None and not colour_expr.startswith("the color of"):
@@ -177,8 +186,15 @@ def sample_scene(rng: np.random.Generator, colour: int | None = None, shape: int
     jitter = base * rng.uniform(0.88, 1.08) + rng.normal(0, 8, size=3)
     bg_level = rng.uniform(18, 55)
     background = bg_level + rng.normal(0, 4, size=3)
-    return Scene(colour, shape, cx, cy, radius, tuple(np.clip(jitter, 0, 255).tolist()),
-                 tuple(np.clip(background, 0, 255).tolist()))
+    return Scene(
+        colour,
+        shape,
+        cx,
+        cy,
+        radius,
+        tuple(np.clip(jitter, 0, 255).tolist()),
+        tuple(np.clip(background, 0, 255).tolist()),
+    )
 
 
 def _mask(scene: Scene) -> np.ndarray:
@@ -217,7 +233,9 @@ def colour_expression(rng: np.random.Generator, colour: str, mode: str) -> str |
     if mode == "none":
         return None
     pool = {
-        "name": (colour,), "synonym": synonyms(colour), "paraphrase": pack_paraphrases(colour),
+        "name": (colour,),
+        "synonym": synonyms(colour),
+        "paraphrase": pack_paraphrases(colour),
         "held_out": held_out_paraphrases(colour),
     }[mode]
     return pool[int(rng.integers(len(pool)))]
