@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 from trce_ray.artifacts import apply_delta, load_delta
@@ -46,6 +48,12 @@ def test_erase_text_visual_kv_then_cache_and_train_commands(tmp_path, tiny_sd_di
     assert main(["train", "--stage1", str(out), "--output", str(tmp_path / "again"), "--lr", "0.01"]) == 0
     printed = capsys.readouterr().out
     assert "after 4 steps" in printed and "reused" in printed
+    from mlflow import MlflowClient  # the run and its loss curve are in MLflow (conftest points it at a temp db)
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exps = [e.experiment_id for e in client.search_experiments()]
+    run = client.search_runs(exps, "tags.`trce.command` = 'train' and attributes.run_name = 'train again'")[0]
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "erase")] == [1, 2, 3, 4]
     assert load_delta(tmp_path / "again" / "stage1.safetensors").keys() == stage1.keys()
 
     assert main(["erase", "--config", str(config), "--stages", "visual,colour", "--output", str(tmp_path / "x")]) == 2

@@ -167,6 +167,11 @@ def run_stage2(cfg: TRCEConfig, output: str | Path, stage1_dir: str | Path | Non
     return Stage2Result(output, cache, plan.steps, metrics[-1]["loss"], names, summary["models_built"] or {})
 
 
+def training_curve(folder: str | Path) -> list[dict]:
+    """Per-step metrics of a stage-2 output folder (step, loss, erase, preserve, seconds)."""
+    return [json.loads(line) for line in (Path(folder) / METRICS_FILE).read_text().splitlines() if line]
+
+
 def _remove_if_empty(*folders: Path) -> None:
     for f in folders:
         try:
