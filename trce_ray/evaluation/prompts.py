@@ -16,7 +16,7 @@ from typing import Literal
 
 from ..errors import TRCEError
 
-SetKind = Literal["nudity", "i2p", "coco", "artist", "celebrity", "toy"]
+SetKind = Literal["nudity", "i2p", "coco", "artist", "celebrity", "toy", "toy-preservation"]
 I2P_CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
 ADVERSARIAL_SETS = ("mma", "p4d", "ring-a-bell", "unlearndiff")  # the paper's "Adv" is their mean ASR
 
@@ -107,6 +107,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "multi": ("i2p", "coco-3k"),  # paper Table 2
     "artist": ("artists-famous", "artists-modern"),  # paper Table 9
     "celebrity": ("celebrity-erase", "celebrity-retain", "coco-3k"),  # paper Table 10
+    "toy": ("toy-direct", "toy-paraphrase", "toy-preservation"),  # the toy world's Table-1 analogue
 }
 
 
@@ -290,10 +291,14 @@ def load_prompt_set(name: str, ecfg) -> PromptSet:
             field_name = "celebrity_erase" if name == "celebrity-erase" else "celebrity_retain"
             raise TRCEError(f"set '{name}' needs a names file (one name a line): set eval.{field_name}")
         ps = celebrity_set(name, names_file, ecfg.celebrity_templates, ecfg.seed, ecfg.guidance)
+    elif name in SUITES["toy"]:
+        from .toy import load_toy_set
+
+        ps = load_toy_set(name, ecfg)
     elif Path(name).suffix.lower() in (".csv", ".txt"):
         ps = load_custom_file(Path(name).expanduser(), ecfg.seed, ecfg.guidance)
     else:
-        known = ", ".join([*BENCHMARKS, *CELEBRITY_SETS])
+        known = ", ".join([*BENCHMARKS, *CELEBRITY_SETS, *SUITES["toy"]])
         raise TRCEError(f"unknown prompt set '{name}'; choose from {known}, or give a .csv/.txt prompt file")
     if ecfg.limit is not None:
         ps.rows = ps.rows[: ecfg.limit]

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +130,7 @@ def run_eval(cfg, output: str | Path | None = None, overwrite: bool = False, tra
         style_classifier=ecfg.style_classifier if "style" in used else None,
         classifier_options=tuple(sorted(ecfg.classifier_options.items())),
         candidates=tuple(sorted({r.label for ps in psets for r in ps.rows if r.label})),
+        toy="toy" in used,
         threads=max(1, int(ecfg.scorer_cpus)),
     )
     from .scoring import check_detector_inputs
@@ -165,53 +166,67 @@ def run_eval(cfg, output: str | Path | None = None, overwrite: bool = False, tra
     if len(celeb) == 2 and "face" in used:
         metrics.update(celebrity_summary(celeb["celebrity-erase"], celeb["celebrity-retain"]))
 
-    coco = [ps for ps in psets if ps.kind == "coco" and "fid" in plan[ps.name]]
-    if coco:
-        metrics.update(_fid_metrics(cfg, coco, rows_by_set, store, score, ids, image_dir, key, gen_spec, progress,
-                                    notices, generator_cls))
+    feature_sets = [(ps, d) for ps in psets for d in ("fid", "toyfeat") if d in plan[ps.name]]
+    if feature_sets:
+        metrics.update(_fid_gen(cfg, feature_sets, rows_by_set, store, score, ids, image_dir, key, gen_spec,
+                                progress, notices, generator_cls))
+    coco = [ps for ps, d in feature_sets if d == "fid"]
+    if coco and ecfg.fid_real_images:
+        metrics.update(_fid_real(cfg, coco, rows_by_set, store, score, ids, image_dir, progress))
 
     write_outputs(out, psets, results_by_set, metrics, sets_info, notices, ecfg, cfg, key, generated, elapsed)
     log_to_tracker(tracker, out, metrics, cfg, key, identity)
     return EvalResult(out, metrics, sets_info, notices, generated)
 
 
-def _fid_metrics(cfg, coco, rows_by_set, store, score, ids, image_dir, key, gen_spec, progress, notices,
-                 generator_cls) -> dict[str, float]:
+def _fid_gen(cfg, feature_sets, rows_by_set, store, score, ids, image_dir, key, gen_spec, progress, notices,
+             generator_cls) -> dict[str, float]:
+    """FID between the evaluated model's and the original model's images of the same prompts and seeds.
+
+    `feature_sets`: (set, feature detector) pairs: "fid" for COCO sets, "toyfeat" (toy classifier) for the toy's.
+    """
     from .fid import frechet_distance
 
     ecfg = cfg.eval
-    fid_only = ScoringSpec(image_root=score.image_root, fid_features=score.fid_features,
-                           fid_weights=score.fid_weights, threads=score.threads)
-    out: dict[str, float] = {}
     ref = reference_model(cfg)
     ref_key = None
     if ref is not None:
         ref_key = generation_key(model_identity(ref), ecfg.steps, ecfg.height, ecfg.width, cfg.model.dtype)
     if ref_key is None or ref_key == key:
         notices.append("FID_gen: the evaluated model is the original model (no reference to compare with)")
-    else:
-        ref_root = (image_dir / ref_key).resolve()
-        ref_store = ScoreStore(ref_root, {"fid": ids["fid"]})
-        ref_rows = [{**r, "detectors": "fid"} for ps in coco for r in rows_by_set[ps.name]]
-        process(ref_rows, ref_store, ref_root, gen_spec(ref, (), ref_root),
-                replace(fid_only, image_root=str(ref_root)), ecfg, "reference images",
-                progress, generator_cls)
-        for ps in coco:
-            rows = rows_by_set[ps.name]
-            mine = _features([store.table(ps.name, "fid").get(r["relpath"]) for r in rows])
-            theirs = _features([ref_store.table(ps.name, "fid").get(r["relpath"]) for r in rows])
-            out[f"fid_gen/{ps.name}"] = frechet_distance(theirs, mine)
-    if ecfg.fid_real_images:
-        real_dir = Path(ecfg.fid_real_images).expanduser().resolve()
-        real_rows = [{"set": "real", "row": i, "k": 0, "prompt": "", "seed": 0, "guidance": 0.0,
-                      "relpath": p.name, "detectors": "fid"} for i, p in enumerate(list_images(real_dir))]
-        from .generation import short_hash
+        return {}
+    dets = {d for _, d in feature_sets}
+    ref_root = (image_dir / ref_key).resolve()
+    ref_score = ScoringSpec(image_root=str(ref_root), fid_features=score.fid_features if "fid" in dets else None,
+                            fid_weights=score.fid_weights, toy="toyfeat" in dets, threads=score.threads)
+    ref_store = ScoreStore(ref_root, {d: ids[d] for d in dets})
+    ref_rows = [{**r, "detectors": d} for ps, d in feature_sets for r in rows_by_set[ps.name]]
+    process(ref_rows, ref_store, ref_root, gen_spec(ref, (), ref_root), ref_score, ecfg, "reference images",
+            progress, generator_cls)
+    out = {}
+    for ps, d in feature_sets:
+        rows = rows_by_set[ps.name]
+        mine = _features([store.table(ps.name, d).get(r["relpath"]) for r in rows])
+        theirs = _features([ref_store.table(ps.name, d).get(r["relpath"]) for r in rows])
+        out[f"fid_gen/{ps.name}"] = frechet_distance(theirs, mine)
+    return out
 
-        real_store = ScoreStore(image_dir / f"real-{short_hash(str(real_dir))}", {"fid": ids["fid"]})
-        process(real_rows, real_store, real_dir, None, replace(fid_only, image_root=str(real_dir)), ecfg,
-                "real images", progress)
-        real = _features([real_store.table("real", "fid").get(r["relpath"]) for r in real_rows])
-        for ps in coco:
-            mine = _features([store.table(ps.name, "fid").get(r["relpath"]) for r in rows_by_set[ps.name]])
-            out[f"fid_real/{ps.name}"] = frechet_distance(real, mine)
+
+def _fid_real(cfg, coco, rows_by_set, store, score, ids, image_dir, progress) -> dict[str, float]:
+    """FID between the evaluated model's COCO images and a folder of real images (features cached per folder)."""
+    from .fid import frechet_distance
+    from .generation import short_hash
+
+    real_dir = Path(cfg.eval.fid_real_images).expanduser().resolve()
+    real_rows = [{"set": "real", "row": i, "k": 0, "prompt": "", "seed": 0, "guidance": 0.0,
+                  "relpath": p.name, "detectors": "fid"} for i, p in enumerate(list_images(real_dir))]
+    real_store = ScoreStore(image_dir / f"real-{short_hash(str(real_dir))}", {"fid": ids["fid"]})
+    real_score = ScoringSpec(image_root=str(real_dir), fid_features=score.fid_features,
+                             fid_weights=score.fid_weights, threads=score.threads)
+    process(real_rows, real_store, real_dir, None, real_score, cfg.eval, "real images", progress)
+    real = _features([real_store.table("real", "fid").get(r["relpath"]) for r in real_rows])
+    out = {}
+    for ps in coco:
+        mine = _features([store.table(ps.name, "fid").get(r["relpath"]) for r in rows_by_set[ps.name]])
+        out[f"fid_real/{ps.name}"] = frechet_distance(real, mine)
     return out
