@@ -26,24 +26,44 @@ from trce_ray.models.tiny import tiny_scheduler, tiny_text_encoder, tiny_vae
 from trce_ray.models.tokenizer import BOS_ID, EOS_ID, clip_tokenizer
 
 SD14_UNET = dict(
-    act_fn="silu", attention_head_dim=8, block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768,
+    act_fn="silu",
+    attention_head_dim=8,
+    block_out_channels=(320, 640, 1280, 1280),
+    cross_attention_dim=768,
     down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
     up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-    in_channels=4, out_channels=4, layers_per_block=2, norm_num_groups=32, sample_size=64,
+    in_channels=4,
+    out_channels=4,
+    layers_per_block=2,
+    norm_num_groups=32,
+    sample_size=64,
 )
 CLIP_L = dict(
-    vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-    max_position_embeddings=77, hidden_act="quick_gelu", projection_dim=768, bos_token_id=BOS_ID,
-    eos_token_id=EOS_ID, pad_token_id=EOS_ID,
+    vocab_size=49408,
+    hidden_size=768,
+    intermediate_size=3072,
+    num_attention_heads=12,
+    num_hidden_layers=12,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+    bos_token_id=BOS_ID,
+    eos_token_id=EOS_ID,
+    pad_token_id=EOS_ID,
 )
 
 
 def sd14_random_pipeline() -> StableDiffusionPipeline:
     torch.manual_seed(0)
     return StableDiffusionPipeline(
-        vae=tiny_vae(), text_encoder=tiny_text_encoder(CLIPTextConfig(**CLIP_L)), tokenizer=clip_tokenizer(),
-        unet=UNet2DConditionModel(**SD14_UNET), scheduler=tiny_scheduler(), safety_checker=None,
-        feature_extractor=None, requires_safety_checker=False,
+        vae=tiny_vae(),
+        text_encoder=tiny_text_encoder(CLIPTextConfig(**CLIP_L)),
+        tokenizer=clip_tokenizer(),
+        unet=UNet2DConditionModel(**SD14_UNET),
+        scheduler=tiny_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
 
 
@@ -82,8 +102,10 @@ def main() -> None:
     pairs = expand_pack(load_pack("sexual"), args.templates, args.erase_synonyms)
     keep = preserve_prompts(None, args.preserve)
     targets = adapter.edit_targets()
-    print(f"# SD-1.4 shapes: {len(targets)} K/V matrices, {len(pairs)} erase, {len(keep)} preservation prompts "
-          f"(model built in {build_s:.1f}s, torch threads {torch.get_num_threads()})")
+    print(
+        f"# SD-1.4 shapes: {len(targets)} K/V matrices, {len(pairs)} erase, {len(keep)} preservation prompts "
+        f"(model built in {build_s:.1f}s, torch threads {torch.get_num_threads()})"
+    )
 
     t0 = time.perf_counter()
     e_m, e_s = s1.erase_embeddings(adapter, pairs, ["eot"], batch_size=args.batch_size)

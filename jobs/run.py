@@ -1,6 +1,7 @@
 """Ray job: any trce-ray subcommand, e.g.
 
-    ray job submit --working-dir . -- python jobs/run.py eval --config jobs/configs/eval-sexual.yaml --model /mnt/runs/sexual --output /mnt/evals/sexual
+ray job submit --working-dir . -- python jobs/run.py eval --config jobs/configs/eval-sexual.yaml \
+    --model /mnt/runs/sexual --output /mnt/evals/sexual
 """
 
 import os

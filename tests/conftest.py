@@ -15,10 +15,14 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
+
 def _shared_data() -> str:
     """The paper's prompt sets: $TRCE_SHARED_DATA, else ../shared/data beside the checkout, else /work/shared/data."""
-    candidates = [os.environ.get("TRCE_SHARED_DATA"), os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
-                  "/work/shared/data"]
+    candidates = [
+        os.environ.get("TRCE_SHARED_DATA"),
+        os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"),
+        "/work/shared/data",
+    ]
     return next((c for c in candidates if c and os.path.isdir(c)), candidates[1])
 
 

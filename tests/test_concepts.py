@@ -6,7 +6,12 @@ import os
 import pytest
 
 from trce_ray.concepts import (
-    builtin_packs, expand_pack, load_pack, load_templates, parse_marked, preserve_prompts,
+    builtin_packs,
+    expand_pack,
+    load_pack,
+    load_templates,
+    parse_marked,
+    preserve_prompts,
 )
 from trce_ray.errors import TRCEError
 from trce_ray.models.tokenizer import clip_tokenizer

@@ -58,9 +58,13 @@ def test_saved_delta_reproduces_edited_pipeline_exactly(tiny_sd_dir, tmp_path):
 
 def test_yaml_config_and_flag_precedence(tiny_sd_dir, tmp_path):
     cfg_file = tmp_path / "c.yaml"
-    cfg_file.write_text(yaml.safe_dump({"model": {"path": str(tiny_sd_dir)}, "stage1": {"concept": "sexual", "eta": 0.5}}))
+    cfg_file.write_text(
+        yaml.safe_dump({"model": {"path": str(tiny_sd_dir)}, "stage1": {"concept": "sexual", "eta": 0.5}})
+    )
     out = tmp_path / "run"
-    assert _run("--config", cfg_file, "--eta", "0.02", "--token", "eot", "--token", "key", "--output", out, *SMALL) == 0
+    assert (
+        _run("--config", cfg_file, "--eta", "0.02", "--token", "eot", "--token", "key", "--output", out, *SMALL) == 0
+    )
     cfg = load_config(out / "config.yaml")
     assert cfg.stage1.eta == 0.02 and cfg.stage1.tokens == ["eot", "key"]
 
@@ -69,8 +73,18 @@ def test_prompt_files_with_marked_keywords(tiny_sd_dir, tmp_path):
     (tmp_path / "e.txt").write_text("a photo of [nudity]\na [naked] woman\n\n")
     (tmp_path / "t.txt").write_text("a photo of [clothes]\na [dressed] woman\n")
     out = tmp_path / "run"
-    rc = _run("--model", tiny_sd_dir, "--erase-prompts", tmp_path / "e.txt", "--target-prompts", tmp_path / "t.txt",
-              "--token", "key", "--output", out)
+    rc = _run(
+        "--model",
+        tiny_sd_dir,
+        "--erase-prompts",
+        tmp_path / "e.txt",
+        "--target-prompts",
+        tmp_path / "t.txt",
+        "--token",
+        "key",
+        "--output",
+        out,
+    )
     assert rc == 0
     assert json.loads((out / "prompts.json").read_text())["erase"] == ["a photo of nudity", "a naked woman"]
 
@@ -86,29 +100,64 @@ def _bad_cases(tmp_path, model):
     (pickled / "unet").mkdir()
     (pickled / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"x")
     return {
-        "unknown key": (["--model", model, "--concept", "sexual", "--set", "stage1.colour=red"], "unknown config key 'stage1.colour'"),
+        "unknown key": (
+            ["--model", model, "--concept", "sexual", "--set", "stage1.colour=red"],
+            "unknown config key 'stage1.colour'",
+        ),
         "unknown key in yaml": (["--config", tmp_path / "bad.yaml"], "unknown config key 'stage1.colour'"),
         "wrong type": (["--model", model, "--concept", "sexual", "--set", "stage1.eta=abc"], "'stage1.eta'"),
         "eta <= 0": (["--model", model, "--concept", "sexual", "--eta", "0"], "eta must be > 0"),
-        "empty prompt set": (["--model", model, "--erase-prompts", tmp_path / "empty.txt", "--target-prompts",
-                              tmp_path / "empty.txt"], "is empty"),
-        "missing prompt file": (["--model", model, "--erase-prompts", tmp_path / "nope.txt", "--target-prompts",
-                                 tmp_path / "one.txt"], "nope.txt does not exist"),
-        "unpaired files": (["--model", model, "--erase-prompts", tmp_path / "one.txt", "--target-prompts",
-                            tmp_path / "two.txt"], "has 1 prompts but"),
+        "empty prompt set": (
+            ["--model", model, "--erase-prompts", tmp_path / "empty.txt", "--target-prompts", tmp_path / "empty.txt"],
+            "is empty",
+        ),
+        "missing prompt file": (
+            ["--model", model, "--erase-prompts", tmp_path / "nope.txt", "--target-prompts", tmp_path / "one.txt"],
+            "nope.txt does not exist",
+        ),
+        "unpaired files": (
+            ["--model", model, "--erase-prompts", tmp_path / "one.txt", "--target-prompts", tmp_path / "two.txt"],
+            "has 1 prompts but",
+        ),
         "missing model path": (["--model", tmp_path / "no-model", "--concept", "sexual"], "does not exist"),
         "pickle weights": (["--model", pickled, "--concept", "sexual"], "pickle weights"),
         "unknown pack": (["--model", model, "--concept", "nudes-galore"], "unknown concept pack 'nudes-galore'"),
-        "unknown token role": (["--model", model, "--concept", "sexual", "--token", "eos"], "unknown token role 'eos'"),
-        "key without marks": (["--model", model, "--erase-prompts", tmp_path / "one.txt", "--target-prompts",
-                               tmp_path / "one.txt", "--token", "key"], "needs the keyword marked"),
+        "unknown token role": (
+            ["--model", model, "--concept", "sexual", "--token", "eos"],
+            "unknown token role 'eos'",
+        ),
+        "key without marks": (
+            [
+                "--model",
+                model,
+                "--erase-prompts",
+                tmp_path / "one.txt",
+                "--target-prompts",
+                tmp_path / "one.txt",
+                "--token",
+                "key",
+            ],
+            "needs the keyword marked",
+        ),
         "no model": (["--concept", "sexual"], "'model' is required"),
     }
 
 
-CASES = ["unknown key", "unknown key in yaml", "wrong type", "eta <= 0", "empty prompt set", "missing prompt file",
-         "unpaired files", "missing model path", "pickle weights", "unknown pack", "unknown token role",
-         "key without marks", "no model"]
+CASES = [
+    "unknown key",
+    "unknown key in yaml",
+    "wrong type",
+    "eta <= 0",
+    "empty prompt set",
+    "missing prompt file",
+    "unpaired files",
+    "missing model path",
+    "pickle weights",
+    "unknown pack",
+    "unknown token role",
+    "key without marks",
+    "no model",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -137,5 +186,8 @@ def test_existing_output_needs_overwrite(tiny_sd_dir, tmp_path, capsys):
     assert _run("--model", tiny_sd_dir, "--concept", "sexual", "--output", out, *SMALL) == 0
     assert _run("--model", tiny_sd_dir, "--concept", "sexual", "--output", out, *SMALL) == 2
     assert "already exists" in capsys.readouterr().err
-    assert _run("--model", tiny_sd_dir, "--concept", "sexual", "--output", out, "--overwrite", "--eta", "0.5", *SMALL) == 0
+    assert (
+        _run("--model", tiny_sd_dir, "--concept", "sexual", "--output", out, "--overwrite", "--eta", "0.5", *SMALL)
+        == 0
+    )
     assert load_config(out / "config.yaml").stage1.eta == 0.5

@@ -1,4 +1,4 @@
-"""The Ray job entry points and shipped configs: configs validate, the job script runs the CLI, manifests point at real files."""
+"""Ray job entry points and shipped configs: configs validate, the job script runs the CLI, manifests name files."""
 
 import re
 import subprocess
@@ -16,13 +16,29 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("path", sorted((ROOT / "jobs" / "configs").glob("sd14-*.yaml")), ids=lambda p: p.name)
 def test_paper_configs_validate(path):
     cfg = load_config(path)
-    assert cfg.model.path == "CompVis/stable-diffusion-v1-4" and cfg.stage1.eta == 0.01 and cfg.stage1.tokens == ["eot"]
+    assert (
+        cfg.model.path == "CompVis/stable-diffusion-v1-4" and cfg.stage1.eta == 0.01 and cfg.stage1.tokens == ["eot"]
+    )
 
 
 def test_erase_job_script_runs_the_cli(tiny_sd_dir, tmp_path):
     out = tmp_path / "job-out"
-    cmd = [sys.executable, str(ROOT / "jobs" / "erase.py"), "--model", str(tiny_sd_dir), "--concept", "van-gogh",
-           "--templates", "2", "--synonyms", "2", "--set", "stage1.preserve_count=30", "--output", str(out)]
+    cmd = [
+        sys.executable,
+        str(ROOT / "jobs" / "erase.py"),
+        "--model",
+        str(tiny_sd_dir),
+        "--concept",
+        "van-gogh",
+        "--templates",
+        "2",
+        "--synonyms",
+        "2",
+        "--set",
+        "stage1.preserve_count=30",
+        "--output",
+        str(out),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "stage1.safetensors").is_file()

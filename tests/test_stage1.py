@@ -17,7 +17,13 @@ PAIRS = [
     PromptPair("an erotic painting", "a painting of a person wearing clothes"),
     PromptPair("topless man", "a man wearing a shirt"),
 ]
-KEEP = ["a dog on a sofa", "a red bus in the street", "two people playing tennis", "a bowl of fruit", "a mountain lake"]
+KEEP = [
+    "a dog on a sofa",
+    "a red bus in the street",
+    "two people playing tennis",
+    "a bowl of fruit",
+    "a mountain lake",
+]
 
 
 def _cfg(**kw):
@@ -117,7 +123,9 @@ def test_token_roles_add_rows(tiny_pipe):
     em2, es2 = s1.erase_embeddings(adapter, pack, ["eot", "sot"])
     emk, _ = s1.erase_embeddings(adapter, pack, ["key"])
     assert em1.shape[0] == len(pack) and em2.shape[0] == 2 * len(pack)
-    n_key_tokens = sum(len(adapter.tokenizer(p.erase[slice(*p.erase_key)], add_special_tokens=False).input_ids) for p in pack)
+    n_key_tokens = sum(
+        len(adapter.tokenizer(p.erase[slice(*p.erase_key)], add_special_tokens=False).input_ids) for p in pack
+    )
     assert emk.shape[0] == n_key_tokens
     # [SoT] sees only itself under CLIP's causal mask: malicious and safe [SoT] rows are identical.
     assert torch.allclose(em2[1::2], es2[1::2])

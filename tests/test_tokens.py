@@ -29,7 +29,9 @@ def test_first_eot_counts_tokens_not_words():
 def test_first_eot_at_the_77_token_limit():
     tok = clip_tokenizer()
     long_prompt = " ".join(["pornography"] * 60)  # 3 tokens each: far beyond 75
-    ids = tok([long_prompt, "a cat"], padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    ids = tok(
+        [long_prompt, "a cat"], padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+    ).input_ids
     assert ids[0, -1] == EOS_ID and (ids[0, :-1] != EOS_ID).all()
     assert first_eot_index(ids, EOS_ID).tolist() == [76, 3]
 

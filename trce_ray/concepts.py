@@ -38,14 +38,18 @@ class ConceptPack:
 
 
 def builtin_packs() -> list[str]:
-    return sorted(p.name[: -len(".yaml")] for p in PACK_DIR.iterdir() if p.name.endswith(".yaml") and p.name != "templates.yaml")
+    return sorted(
+        p.name[: -len(".yaml")] for p in PACK_DIR.iterdir() if p.name.endswith(".yaml") and p.name != "templates.yaml"
+    )
 
 
 def check_pack_name(name: str) -> None:
     """Raise ValueError (config validation) unless `name` is a built-in pack or an existing pack file."""
     if name in builtin_packs() or Path(name).expanduser().is_file():
         return
-    raise ValueError(f"unknown concept pack {name!r}; built-in packs: {', '.join(builtin_packs())}, or a pack file path")
+    raise ValueError(
+        f"unknown concept pack {name!r}; built-in packs: {', '.join(builtin_packs())}, or a pack file path"
+    )
 
 
 def load_pack(name: str) -> ConceptPack:
@@ -66,7 +70,11 @@ def load_pack(name: str) -> ConceptPack:
     default_anchor = data.get("anchor")
     pairs = []
     for i, item in enumerate(data["phrases"]):
-        phrase, anchor = (item, default_anchor) if isinstance(item, str) else (item.get("phrase"), item.get("anchor", default_anchor))
+        phrase, anchor = (
+            (item, default_anchor)
+            if isinstance(item, str)
+            else (item.get("phrase"), item.get("anchor", default_anchor))
+        )
         if not phrase or not anchor:
             raise TRCEError(f"concept pack {path}: phrase {i} needs a phrase and an anchor (or a pack-level 'anchor')")
         pairs.append((str(phrase), str(anchor)))

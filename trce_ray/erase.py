@@ -26,7 +26,7 @@ def resolve_device(name: str) -> str:
 
 
 def resolve_model_path(path: str) -> str:
-    """"toy" names the built-in toy model shipped with the package."""
+    """ "toy" names the built-in toy model shipped with the package."""
     if path == "toy":
         from .toy.assets import toy_pipeline_dir
 
@@ -105,17 +105,26 @@ def run_stage1(
         meta = {"format": "trce-ray-delta", "stage": "1", "base_model": cfg.model.path, "eta": str(s1.eta)}
         save_delta(tmp / STAGE1_FILE, result.delta, meta)
         (tmp / "config.yaml").write_text(cfg.to_yaml())
-        write_json(tmp / "prompts.json", {
-            "erase": [p.erase for p in pairs],
-            "target": [p.target for p in pairs],
-            "preserve": keep,
-            "tokens": list(s1.tokens),
-            "preserve_tokens": s1.preserve_tokens,
-        })
-        write_json(tmp / "stage1_summary.json", {
-            "n_erase_prompts": len(pairs), "n_preserve_prompts": len(keep), "n_edited_matrices": len(result.delta),
-            **result.diagnostics, **result.timings,
-        })
+        write_json(
+            tmp / "prompts.json",
+            {
+                "erase": [p.erase for p in pairs],
+                "target": [p.target for p in pairs],
+                "preserve": keep,
+                "tokens": list(s1.tokens),
+                "preserve_tokens": s1.preserve_tokens,
+            },
+        )
+        write_json(
+            tmp / "stage1_summary.json",
+            {
+                "n_erase_prompts": len(pairs),
+                "n_preserve_prompts": len(keep),
+                "n_edited_matrices": len(result.delta),
+                **result.diagnostics,
+                **result.timings,
+            },
+        )
         if s1.save_pipeline:
             apply_delta(adapter.denoiser, result.delta)
             pipe.save_pretrained(tmp / "pipeline", safe_serialization=True)

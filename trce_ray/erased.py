@@ -44,8 +44,13 @@ def apply_artifacts(pipe, paths: list[str | Path]) -> None:
             apply_delta(denoiser, load_delta(path))
 
 
-def load_erased(model: str, deltas: list[str] | None = None, allow_pickle: bool = False, dtype: str = "float32",
-                device: str = "auto"):
+def load_erased(
+    model: str,
+    deltas: list[str] | None = None,
+    allow_pickle: bool = False,
+    dtype: str = "float32",
+    device: str = "auto",
+):
     """Load `model` (a base model, or an erase output folder) and apply `deltas` after the folder's own artifacts."""
     from .erase import resolve_device, resolve_model_path
     from .models import load_pipeline

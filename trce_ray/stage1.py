@@ -67,7 +67,11 @@ def role_rows(adapter: DiffusionAdapter, pairs: list[PromptPair], roles: list[st
 
 
 def erase_embeddings(
-    adapter: DiffusionAdapter, pairs: list[PromptPair], roles: list[str], stream: int = 0, batch_size: int = 64,
+    adapter: DiffusionAdapter,
+    pairs: list[PromptPair],
+    roles: list[str],
+    stream: int = 0,
+    batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """e_m and e_s rows ([n, d], float64) for the requested token roles."""
@@ -83,7 +87,11 @@ def erase_embeddings(
 
 
 def preserve_gram(
-    adapter: DiffusionAdapter, prompts: list[str], mode: str = "all", stream: int = 0, batch_size: int = 64,
+    adapter: DiffusionAdapter,
+    prompts: list[str],
+    mode: str = "all",
+    stream: int = 0,
+    batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[torch.Tensor, int]:
     """(sum e_k e_k^T, count) over every token position ("all") or the first [EoT] ("eot") of `prompts`."""
@@ -140,7 +148,11 @@ def edited_weights(adapter: DiffusionAdapter, maps: dict[int, torch.Tensor]) -> 
 
 
 def diagnostics(
-    adapter: DiffusionAdapter, delta: dict[str, torch.Tensor], e_m: torch.Tensor, e_s: torch.Tensor, gram_k: torch.Tensor,
+    adapter: DiffusionAdapter,
+    delta: dict[str, torch.Tensor],
+    e_m: torch.Tensor,
+    e_s: torch.Tensor,
+    gram_k: torch.Tensor,
     q: int,
 ) -> dict[str, float]:
     """How well the edit did what Eq. 4 asks, averaged over edited matrices.

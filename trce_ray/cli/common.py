@@ -9,18 +9,31 @@ import os
 def add_config_flags(p: argparse.ArgumentParser, output_required: bool = True) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML config (see jobs/configs/); flags below override it")
     p.add_argument(
-        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override any config field, e.g. --set stage1.eta=0.02 (repeatable)",
     )
     p.add_argument("--model", metavar="PATH_OR_HUB_ID", help="diffusers folder, hub id, or 'toy' (model.path)")
-    p.add_argument("--allow-pickle", action="store_true", default=None, help="accept .bin/.ckpt weights (model.allow_pickle)")
+    p.add_argument(
+        "--allow-pickle", action="store_true", default=None, help="accept .bin/.ckpt weights (model.allow_pickle)"
+    )
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (model.device)")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="weights dtype (model.dtype)")
     p.add_argument("--seed", type=int, help="global seed (seed)")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+    )
     p.add_argument("--experiment", help="MLflow experiment (tracking.experiment, default trce-ray)")
-    p.add_argument("--no-tracking", dest="tracking_enabled", action="store_false", default=None,
-                   help="do not log this run to MLflow (tracking.enabled)")
+    p.add_argument(
+        "--no-tracking",
+        dest="tracking_enabled",
+        action="store_false",
+        default=None,
+        help="do not log this run to MLflow (tracking.enabled)",
+    )
     p.add_argument("--output", metavar="DIR", required=output_required, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
 

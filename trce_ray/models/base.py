@@ -36,7 +36,9 @@ class Conditioning:
 
     def _map(self, fn) -> Conditioning:
         return Conditioning(
-            fn(self.hidden), None if self.pooled is None else fn(self.pooled), {k: fn(v) for k, v in self.extra.items()}
+            fn(self.hidden),
+            None if self.pooled is None else fn(self.pooled),
+            {k: fn(v) for k, v in self.extra.items()},
         )
 
     def to(self, device=None, dtype=None) -> Conditioning:
@@ -103,7 +105,7 @@ class DiffusionAdapter(ABC):
 
     @abstractmethod
     def trainable_parameter_names(self, kind: ParamKind) -> list[str]:
-        """Stage-2 parameter sets: "visual" (self-attention + cross-attention to_q) or "kv" (cross-attention to_k/to_v)."""
+        """Stage-2 parameter sets: "visual" (self-attention + cross-attention to_q) or "kv" (cross-attn to_k/to_v)."""
 
     @abstractmethod
     def condition(self, prompts: list[str]) -> Conditioning:

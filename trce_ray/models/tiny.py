@@ -80,7 +80,11 @@ def tiny_unet(cross_attention_dim: int = 32, sample_size: int = 16, **extra) -> 
 
 def tiny_scheduler() -> DDIMScheduler:
     return DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
         steps_offset=1,
     )
 
@@ -95,8 +99,14 @@ def tiny_sd_pipeline(seed: int = 0, family: str = "sd1", text_dim: int = 32) -> 
     text_encoder = tiny_text_encoder(tiny_text_config(text_dim))
     tokenizer = clip_tokenizer(pad_token="<|endoftext|>" if family == "sd1" else "!")
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=tiny_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=tiny_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

@@ -1,0 +1,186 @@
+"""`trce-ray train`: plan -> cache -> Ray Train `TorchTrainer` -> an erase output folder with `stage2.safetensors`.
+
+Checkpoints go to a work folder beside the output (`.<name>.work/`, or `train.storage` on a cluster); rerunning the
+same command resumes from the latest checkpoint of the same job (same config, cache and stage-1 edit).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from ..artifacts import atomic_dir, write_json
+from ..config import TRCEConfig
+from ..errors import TRCEError
+from .cache import CacheInfo, build_cache, ensure_ray
+from .plan import DrawPlan, TrajectorySpec, make_plan
+from .worker import DELTA_FILE, METRICS_FILE, NonFiniteLoss, TrainJob, train_loop_per_worker
+
+STAGE1_FILES = ("stage1.safetensors", "prompts.json", "stage1_summary.json")
+
+
+@dataclass
+class Stage2Result:
+    output: Path
+    cache: CacheInfo
+    steps: int
+    final_loss: float
+    delta_names: list[str]
+    models_built: dict[str, int]
+
+
+def work_dir(output: str | Path) -> Path:
+    """Where resumable progress of `output` lives until it is complete."""
+    output = Path(output).expanduser().resolve()
+    return output.parent / f".{output.name}.work"
+
+
+def plan_for(cfg: TRCEConfig) -> tuple[DrawPlan, list[TrajectorySpec]]:
+    """The draws and trajectories of `cfg`, from the stage-1 prompt pairs (the paper reuses P^m and P^s)."""
+    from ..erase import stage1_prompts
+
+    if cfg.stage1 is None:
+        raise TRCEError("stage 2 needs the malicious prompts: give --concept or --erase-prompts/--target-prompts")
+    pairs, _ = stage1_prompts(cfg.stage1)
+    return make_plan(cfg, [(p.erase, p.target) for p in pairs])
+
+
+def check_stage1_dir(cfg: TRCEConfig, stage1_dir: str | Path) -> Path:
+    d = Path(stage1_dir).expanduser()
+    if not (d / "stage1.safetensors").is_file() or not (d / "config.yaml").is_file():
+        raise TRCEError(f"{d} is not a stage-1 output folder (needs stage1.safetensors and config.yaml)")
+    base = yaml.safe_load((d / "config.yaml").read_text())["model"]["path"]
+    if base != cfg.model.path:
+        raise TRCEError(f"the stage-1 edit in {d} was made for model {base!r}, not {cfg.model.path!r}")
+    return d
+
+
+def _file_hash(path: Path | None) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path else "none"
+
+
+def _use_gpu(cfg: TRCEConfig) -> bool:
+    if cfg.train.use_gpu is not None:
+        return cfg.train.use_gpu
+    if cfg.train.num_workers == 0:
+        import torch
+
+        return torch.cuda.is_available()
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def run_stage2(cfg: TRCEConfig, output: str | Path, stage1_dir: str | Path | None = None, overwrite: bool = False,
+               progress: bool = True, crash_at_step: int | None = None) -> Stage2Result:
+    """Build (or reuse) the cache, fine-tune with Ray Train, and write the erase folder `output` atomically.
+
+    Args:
+        stage1_dir: a stage-1 output folder to start from; None starts from the original model (TRCE(V)).
+        crash_at_step: fault drill: worker 0 exits hard once after this step (the run must resume by itself when
+            `train.max_failures` >= 1, or on rerun).
+    """
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
+    from ray.train.torch import TorchTrainer
+
+    from ..erase import resolve_model_path
+
+    output = Path(output).expanduser().resolve()
+    if output.exists() and not overwrite:
+        raise TRCEError(f"output folder {output} already exists; choose another --output or pass --overwrite")
+    s1 = check_stage1_dir(cfg, stage1_dir) if stage1_dir is not None else None
+    if cfg.train.precision != "fp32" and cfg.train.use_gpu is False:
+        raise TRCEError(f"train.precision {cfg.train.precision} needs GPUs; use fp32 on CPU")
+    plan, specs = plan_for(cfg)
+    cache = build_cache(cfg, specs, progress)
+    delta_path = s1 / "stage1.safetensors" if s1 else None
+    operational = {"max_failures", "storage", "checkpoint_every", "cpus_per_worker"}  # do not change the weights
+    job_id = hashlib.sha256(json.dumps({
+        "train": cfg.train.model_dump(mode="json", exclude=operational), "seed": cfg.seed, "cache": cache.path.name,
+        "stage1": _file_hash(delta_path), "model": cfg.model.path,
+    }, sort_keys=True).encode()).hexdigest()[:16]
+    work = work_dir(output)
+    storage = Path(cfg.train.storage).expanduser().resolve() if cfg.train.storage else work / "train"
+    run_name = f"stage2-{job_id}"
+    local = cfg.train.num_workers == 0
+    job = TrainJob(
+        cfg=cfg, model_path=resolve_model_path(cfg.model.path),
+        stage1_delta=str(delta_path) if delta_path else None, cache_dir=str(cache.path), plan=plan,
+        prompts={s.index: s.prompt for s in specs if s.kind == "malicious"},
+        delta_metadata={"base_model": cfg.model.path, "stage": "2", "params": cfg.train.params,
+                        "on_stage1": "yes" if delta_path else "no"},
+        local_checkpoints=str(storage / run_name / "local") if local else None,
+        crash_at_step=crash_at_step, crash_marker=str(storage / run_name / "crashed") if crash_at_step else None,
+    )
+    storage.mkdir(parents=True, exist_ok=True)
+    ensure_ray()
+    t = cfg.train
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"job": job},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=_use_gpu(cfg),
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=RunConfig(
+            name=run_name, storage_path=str(storage),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+        ),
+    )
+    kept = f"checkpoints kept in {storage / run_name}; rerun to resume"
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:
+        raise TRCEError(f"{_worker_message(err)} ({kept})") from err
+    except NonFiniteLoss as err:  # local mode raises the worker's own exception
+        raise TRCEError(f"{err} ({kept})") from err
+    with result.checkpoint.as_directory() as d:
+        d = Path(d)
+        if not (d / DELTA_FILE).is_file():
+            raise TRCEError(f"the last checkpoint in {storage} holds no {DELTA_FILE}; the run did not finish")
+        metrics = [json.loads(x) for x in (d / METRICS_FILE).read_text().splitlines() if x]
+        with atomic_dir(output, overwrite=overwrite) as tmp:
+            if s1:
+                for name in STAGE1_FILES:
+                    if (s1 / name).is_file():
+                        shutil.copy2(s1 / name, tmp / name)
+            shutil.copy2(d / DELTA_FILE, tmp / DELTA_FILE)
+            shutil.copy2(d / METRICS_FILE, tmp / METRICS_FILE)
+            (tmp / "config.yaml").write_text(cfg.to_yaml())
+            from safetensors import safe_open
+
+            with safe_open(str(tmp / DELTA_FILE), framework="pt") as f:
+                names = list(f.keys())
+            summary = {
+                "steps": plan.steps, "final_loss": metrics[-1]["loss"], "cache": str(cache.path),
+                "cache_denoiser_rows": cache.denoiser_rows, "cache_reused": cache.reused,
+                "tensors": len(names), "models_built": result.metrics.get("models_built"),
+                "start": "stage1" if s1 else "original",
+            }
+            write_json(tmp / "stage2_summary.json", summary)
+    shutil.rmtree(storage / run_name, ignore_errors=True)
+    _remove_if_empty(storage, work)
+    return Stage2Result(output, cache, plan.steps, metrics[-1]["loss"], names, summary["models_built"] or {})
+
+
+def _remove_if_empty(*folders: Path) -> None:
+    for f in folders:
+        try:
+            f.rmdir()
+        except OSError:
+            pass
+
+
+def _worker_message(err: Exception) -> str:
+    failures = getattr(err, "worker_failures", None) or {}
+    for exc in failures.values():
+        text = str(exc).strip().splitlines()
+        for line in reversed(text):
+            if "NonFiniteLoss" in line or "stage-2 loss" in line:
+                return line.split("NonFiniteLoss: ")[-1]
+        return f"training failed on a worker: {text[-1] if text else type(exc).__name__}"
+    return f"training failed: {str(err).strip().splitlines()[-1]}"
