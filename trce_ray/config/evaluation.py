@@ -70,8 +70,9 @@ class EvalConfig(Section):
     grid_images: int = 16  # images per set in the logged grid
     blur_flagged: bool = True  # blur images a detector flagged, in grids
 
-    @field_validator("steps", "images_per_prompt", "batch_size", "actors", "scorer_actors", "scorer_batch_size",
-                     "grid_images")
+    @field_validator(
+        "steps", "images_per_prompt", "batch_size", "actors", "scorer_actors", "scorer_batch_size", "grid_images"
+    )
     @classmethod
     def _positive(cls, v):
         if v < 1:

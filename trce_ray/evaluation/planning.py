@@ -78,11 +78,18 @@ def image_rows(ps: PromptSet, detectors: list[str], images_per_prompt: int) -> l
     rows = []
     for r in ps.rows:
         for k in range(images_per_prompt):
-            rows.append({
-                "set": r.set, "row": r.row, "k": k, "prompt": r.prompt, "seed": r.seed, "guidance": r.guidance,
-                "relpath": image_relpath(r.set, r.row, k, r.prompt, r.seed, r.guidance),
-                "detectors": ",".join(detectors),
-            })
+            rows.append(
+                {
+                    "set": r.set,
+                    "row": r.row,
+                    "k": k,
+                    "prompt": r.prompt,
+                    "seed": r.seed,
+                    "guidance": r.guidance,
+                    "relpath": image_relpath(r.set, r.row, k, r.prompt, r.seed, r.guidance),
+                    "detectors": ",".join(detectors),
+                }
+            )
     return rows
 
 

@@ -173,6 +173,7 @@ class ImageScorer:
 
 # ---- the score cache: <root>/<set>/.scores/<detector id>.parquet with columns relpath, value ----------------
 
+
 def _cache_file(root: Path, set_name: str, det_id: str) -> Path:
     return root / set_name / ".scores" / f"{det_id}.parquet"
 

@@ -35,8 +35,18 @@ def load_toy_set(name: str, ecfg) -> PromptSet:
     out = []
     for i, r in enumerate(rows):
         role = ("neighbour" if r.neighbour else "other") if part == "preservation" else "target"
-        out.append(PromptRow(name, i, r.prompt, r.seed, float(demo.guidance), categories=(SHAPES[r.shape],),
-                             label=COLOURS[r.colour], role=role))
+        out.append(
+            PromptRow(
+                name,
+                i,
+                r.prompt,
+                r.seed,
+                float(demo.guidance),
+                categories=(SHAPES[r.shape],),
+                label=COLOURS[r.colour],
+                role=role,
+            )
+        )
     kind = "toy-preservation" if part == "preservation" else "toy"
     return PromptSet(name, kind, f"trce_ray.toy.bench ({part}, target {ecfg.toy_target})", out)
 
@@ -77,8 +87,9 @@ def toy_metrics(name: str, results: list[dict], target: str) -> dict[str, float]
     near = [ok for (r, _), ok in zip(scored, colour_ok, strict=True) if r.get("role") == "neighbour"]
     out = {
         "toy/preservation": float(np.mean(colour_ok)),
-        "toy/agreement": float(np.mean([ok and p["shape"] == r["categories"][0]
-                                        for (r, p), ok in zip(scored, colour_ok, strict=True)])),
+        "toy/agreement": float(
+            np.mean([ok and p["shape"] == r["categories"][0] for (r, p), ok in zip(scored, colour_ok, strict=True)])
+        ),
     }
     if near:
         out["toy/neighbours"] = float(np.mean(near))
