@@ -18,8 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -c "from trce_ray.models.tiny import tiny_sd_pipeline; tiny_sd_pipeline().save_pretrained('$(DEMO_OUT)/tiny-sd')"
-	OMP_NUM_THREADS=1 $(BIN)/trce-ray erase --model $(DEMO_OUT)/tiny-sd --concept sexual --output $(DEMO_OUT)/sexual --overwrite
+	OMP_NUM_THREADS=1 $(BIN)/trce-ray toy demo --output $(DEMO_OUT) --overwrite
 
 test: $(STAMP)
 	OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q

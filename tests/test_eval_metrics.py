@@ -41,10 +41,20 @@ def tiny_clip(tmp_path_factory):
     from trce_ray.models.tokenizer import clip_tokenizer
 
     torch.manual_seed(0)
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
-                              image_size=32, patch_size=8, projection_dim=768)
-    config = CLIPConfig(text_config=tiny_text_config(32, layers=1, projection_dim=768).to_dict(),
-                        vision_config=vision.to_dict(), projection_dim=768)
+    vision = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=768,
+    )
+    config = CLIPConfig(
+        text_config=tiny_text_config(32, layers=1, projection_dim=768).to_dict(),
+        vision_config=vision.to_dict(),
+        projection_dim=768,
+    )
     model = CLIPModel(config)
     processor = CLIPProcessor(
         image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
@@ -99,8 +109,9 @@ def test_q16_rule_on_its_own_prompt_embeddings():
     # an image embedding equal to row k: softmax(100 * [cos(row k, row 0), cos(row k, row 1)])[1]
     assert p[1].item() == pytest.approx(1 / (1 + np.exp(100 * (c - 1))), rel=1e-9)
     assert p[0].item() == pytest.approx(1 / (1 + np.exp(100 * (1 - c))), rel=1e-9)
-    m = q16_metrics([0.95, 0.2, 0.9, 0.89], [("hate", "violence"), ("hate",), ("sexual",), ()], 0.9,
-                    ("hate", "violence", "sexual"))
+    m = q16_metrics(
+        [0.95, 0.2, 0.9, 0.89], [("hate", "violence"), ("hate",), ("sexual",), ()], 0.9, ("hate", "violence", "sexual")
+    )
     assert (m["overall"], m["hate"], m["violence"], m["sexual"]) == (0.5, 0.5, 1.0, 1.0)  # each image once overall
 
 
@@ -112,7 +123,8 @@ def test_q16_detector_matches_float64_reference(tiny_clip):
     model, proc = CLIPModel.from_pretrained(tiny_clip).double().eval(), CLIPProcessor.from_pretrained(tiny_clip)
     with torch.no_grad():
         feats = model.get_image_features(
-            pixel_values=proc(images=images, return_tensors="pt")["pixel_values"].double()).pooler_output
+            pixel_values=proc(images=images, return_tensors="pt")["pixel_values"].double()
+        ).pooler_output
     rows = load_q16_embeddings(Q16_L14).double()
     cos = torch.nn.functional.normalize(feats, dim=-1) @ torch.nn.functional.normalize(rows, dim=-1).T
     expected = torch.softmax(100 * cos, dim=-1)[:, 1].numpy()
@@ -172,21 +184,31 @@ def test_palette_classifier_and_identity_metrics():
     names = ["Ada Lovelace", "Grace Hopper", "Alan Turing"]
     painted = [Image.new("RGB", (16, 16), PaletteClassifier.colour_of(n)) for n in names]
     assert clf.predict(painted + [Image.new("RGB", (16, 16), (128, 128, 128))], names) == names + [None]
-    erase = [("Ada Lovelace", "Ada Lovelace"), ("Ada Lovelace", None), ("Alan Turing", "Ada Lovelace"),
-             ("Alan Turing", "grace hopper")]
-    retain = [("Grace Hopper", "grace  hopper"), ("Grace Hopper", "Grace Hopper"), ("Grace Hopper", None),
-              ("X", "X")]
+    erase = [
+        ("Ada Lovelace", "Ada Lovelace"),
+        ("Ada Lovelace", None),
+        ("Alan Turing", "Ada Lovelace"),
+        ("Alan Turing", "grace hopper"),
+    ]
+    retain = [("Grace Hopper", "grace  hopper"), ("Grace Hopper", "Grace Hopper"), ("Grace Hopper", None), ("X", "X")]
     m = celebrity_metrics(erase, retain)
     assert (m["acc_e"], m["acc_r"], m["h_c"]) == (0.25, 0.75, pytest.approx(0.75))
     assert harmonic_h(0.0, 1.0) == 1.0 and harmonic_h(1.0, 1.0) == 0.0 and harmonic_h(0.5, 0.0) == 0.0
-    a = artist_metrics([("erase", "Van Gogh", "van gogh"), ("erase", "Van Gogh", "Monet"),
-                        ("retain", "Monet", "Monet"), ("retain", "Picasso", None)])
+    a = artist_metrics(
+        [
+            ("erase", "Van Gogh", "van gogh"),
+            ("erase", "Van Gogh", "Monet"),
+            ("retain", "Monet", "Monet"),
+            ("retain", "Picasso", None),
+        ]
+    )
     assert (a["acc_e"], a["acc_u"]) == (0.5, 0.5)
 
 
 def test_classifier_loading_errors():
-    assert isinstance(load_classifier("trce_ray.evaluation.identity:PaletteClassifier", {"tolerance": 5}),
-                      PaletteClassifier)
+    assert isinstance(
+        load_classifier("trce_ray.evaluation.identity:PaletteClassifier", {"tolerance": 5}), PaletteClassifier
+    )
     with pytest.raises(TRCEError, match="must look like package.module:ClassOrFunction"):
         load_classifier("nothing")
     with pytest.raises(TRCEError, match="cannot import module 'no_such_mod'"):
@@ -204,7 +226,7 @@ def test_grid_blurs_flagged_tiles_only():
 
     def tile(i):
         r, c = divmod(i, 2)
-        return grid[2 + r * 34: 2 + r * 34 + 32, 2 + c * 34: 2 + c * 34 + 32]
+        return grid[2 + r * 34 : 2 + r * 34 + 32, 2 + c * 34 : 2 + c * 34 + 32]
 
     assert np.array_equal(tile(0), np.asarray(tiles[0])) and np.array_equal(tile(3), np.asarray(tiles[3]))
     assert tile(1).std() < 0.25 * np.asarray(tiles[1]).std()  # noise is blurred away
@@ -220,16 +242,26 @@ def test_scorer_runs_user_classifiers_on_the_rows_that_ask(tmp_path):
     (tmp_path / "c").mkdir()
     for i, n in enumerate(names):
         Image.new("RGB", (16, 16), PaletteClassifier.colour_of(n)).save(tmp_path / "c" / f"{i}.png")
-    spec = ScoringSpec(image_root=str(tmp_path), face_classifier="trce_ray.evaluation.identity:PaletteClassifier",
-                       classifier_options=(("tolerance", 10.0),), candidates=names)
-    batch = {"relpath": np.array(["c/0.png", "c/1.png"]), "prompt": np.array(["a", "b"]),
-             "detectors": np.array(["face", ""])}
+    spec = ScoringSpec(
+        image_root=str(tmp_path),
+        face_classifier="trce_ray.evaluation.identity:PaletteClassifier",
+        classifier_options=(("tolerance", 10.0),),
+        candidates=names,
+    )
+    batch = {
+        "relpath": np.array(["c/0.png", "c/1.png"]),
+        "prompt": np.array(["a", "b"]),
+        "detectors": np.array(["face", ""]),
+    }
     out = ImageScorer(spec)(batch)
     assert list(out["face"]) == ["Ada Lovelace", ""]  # the second row did not ask for the classifier
     erase = [{"label": "Ada Lovelace", "face": "Ada Lovelace"}, {"label": "Ada Lovelace", "face": None}]
     retain = [{"label": "Grace Hopper", "face": "Grace Hopper"}]
-    assert celebrity_summary(erase, retain) == {"celebrity/acc_e": 0.5, "celebrity/acc_r": 1.0,
-                                                "celebrity/h_c": pytest.approx(2 / 3)}
+    assert celebrity_summary(erase, retain) == {
+        "celebrity/acc_e": 0.5,
+        "celebrity/acc_r": 1.0,
+        "celebrity/h_c": pytest.approx(2 / 3),
+    }
 
 
 def test_scorer_runs_q16_clip_and_fid_per_row_and_metrics_follow(tiny_clip, tmp_path):
@@ -243,11 +275,19 @@ def test_scorer_runs_q16_clip_and_fid_per_row_and_metrics_follow(tiny_clip, tmp_
     images = [colour_image(rgb, 30 + i) for i, rgb in enumerate(COLOURS.values())]
     for i, im in enumerate(images):
         im.save(tmp_path / "s" / f"{i}.png")
-    spec = ScoringSpec(image_root=str(tmp_path), nudenet=True, q16_clip=str(tiny_clip), q16_embeddings=str(Q16_L14),
-                       clip_model=str(tiny_clip), fid_features=str(net))
-    batch = {"relpath": np.array([f"s/{i}.png" for i in range(4)]),
-             "prompt": np.array([f"a {n} square" for n in COLOURS]),
-             "detectors": np.array(["q16,nudenet", "q16,nudenet", "fid,clip", "fid,clip"])}
+    spec = ScoringSpec(
+        image_root=str(tmp_path),
+        nudenet=True,
+        q16_clip=str(tiny_clip),
+        q16_embeddings=str(Q16_L14),
+        clip_model=str(tiny_clip),
+        fid_features=str(net),
+    )
+    batch = {
+        "relpath": np.array([f"s/{i}.png" for i in range(4)]),
+        "prompt": np.array([f"a {n} square" for n in COLOURS]),
+        "detectors": np.array(["q16,nudenet", "q16,nudenet", "fid,clip", "fid,clip"]),
+    }
     out = ImageScorer(spec)(batch)
     reread = [Image.open(tmp_path / "s" / f"{i}.png").convert("RGB") for i in range(4)]
     q16 = Q16Detector(str(tiny_clip), str(Q16_L14))(reread[:2])
@@ -256,8 +296,10 @@ def test_scorer_runs_q16_clip_and_fid_per_row_and_metrics_follow(tiny_clip, tmp_
     feats = [np.frombuffer(b, np.float32) for b in out["fid"][2:]]
     assert np.stack(feats) == pytest.approx(FidFeatureDetector(str(net), None)(reread[2:]), abs=1e-6)
     assert np.isfinite(out["clip"][2:]).all() and np.isnan(out["clip"][:2]).all()
-    results = [{"nudenet": out["nudenet"][i], "q16": out["q16"][i], "categories": cats}
-               for i, cats in enumerate([("hate",), ("hate", "violence")])]
+    results = [
+        {"nudenet": out["nudenet"][i], "q16": out["q16"][i], "categories": cats}
+        for i, cats in enumerate([("hate",), ("hate", "violence")])
+    ]
     thr = float(np.clip(max(q16), 1e-6, 1.0))  # flags exactly the second image (or both if they tie)
     m = set_metrics("i2p", "i2p", results, EvalConfig(q16_threshold=thr))
     flags = [q >= thr for q in q16]

@@ -33,11 +33,22 @@ def test_i2p_all_skips_the_empty_prompt_and_keeps_file_settings():
         first = next(csv.DictReader(f))
     r0 = ps.rows[0]
     assert (r0.row, r0.prompt, r0.seed, r0.guidance) == (
-        0, first["prompt"].strip(), int(first["evaluation_seed"]), float(first["evaluation_guidance"]))
+        0,
+        first["prompt"].strip(),
+        int(first["evaluation_seed"]),
+        float(first["evaluation_guidance"]),
+    )
     counts = {c: sum(c in r.categories for r in ps.rows) for c in I2P_CATEGORIES}
     # SOURCES.md category counts; the empty row is "illegal activity" (727 in the file)
-    assert counts == {"sexual": 931, "shocking": 856, "harassment": 824, "self-harm": 801, "violence": 756,
-                      "illegal activity": 726, "hate": 231}
+    assert counts == {
+        "sexual": 931,
+        "shocking": 856,
+        "harassment": 824,
+        "self-harm": 801,
+        "violence": 756,
+        "illegal activity": 726,
+        "hate": 231,
+    }
 
 
 def test_i2p_sexual_is_the_931_prompt_subset_row_for_row():
@@ -46,7 +57,8 @@ def test_i2p_sexual_is_the_931_prompt_subset_row_for_row():
     with open(DATA / "i2p" / "I2P_prompts_sexual.csv", newline="") as f:
         ref = list(csv.DictReader(f))
     assert [(r.prompt, r.seed, r.guidance) for r in ps.rows] == [
-        (x["prompt"].strip(), int(x["evaluation_seed"]), float(x["evaluation_guidance"])) for x in ref]
+        (x["prompt"].strip(), int(x["evaluation_seed"]), float(x["evaluation_guidance"])) for x in ref
+    ]
     assert [r.row for r in ps.rows] == [int(x[""]) for x in ref]  # ids are positions in i2p.csv
 
 
@@ -76,9 +88,12 @@ def test_coco_sets_and_default_guidance():
 
 
 def test_shipped_files_are_byte_identical_to_the_upstream_copies():
-    pairs = {"i2p.csv": "i2p/i2p.csv", "nudity-unlearndiff.csv": "unlearndiff/nudity-unlearndiff.csv",
-             "nudity-ring-a-bell.csv": "ring-a-bell/nudity-ring-a-bell.csv",
-             "coco_30k_val.csv": "coco/coco_30k_val.csv"}
+    pairs = {
+        "i2p.csv": "i2p/i2p.csv",
+        "nudity-unlearndiff.csv": "unlearndiff/nudity-unlearndiff.csv",
+        "nudity-ring-a-bell.csv": "ring-a-bell/nudity-ring-a-bell.csv",
+        "coco_30k_val.csv": "coco/coco_30k_val.csv",
+    }
     for mine, theirs in pairs.items():
         digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (vendored_path(mine), DATA / theirs)]
         assert digest[0] == digest[1], mine
@@ -96,8 +111,10 @@ def test_artist_roles_follow_erased_artists():
 def test_celebrity_names_expand_with_templates(tmp_path):
     names = tmp_path / "names.txt"
     names.write_text("# erased\nAda Lovelace\n\nGrace Hopper\n")
-    ps = load_prompt_set("celebrity-erase", EvalConfig(celebrity_erase=str(names), seed=7,
-                                                      celebrity_templates=["a portrait of {}", "{} smiling"]))
+    ps = load_prompt_set(
+        "celebrity-erase",
+        EvalConfig(celebrity_erase=str(names), seed=7, celebrity_templates=["a portrait of {}", "{} smiling"]),
+    )
     assert [(r.row, r.prompt, r.seed, r.label, r.role) for r in ps.rows] == [
         (0, "a portrait of Ada Lovelace", 7, "Ada Lovelace", "erase"),
         (1, "Ada Lovelace smiling", 8, "Ada Lovelace", "erase"),
@@ -110,18 +127,24 @@ def test_celebrity_names_expand_with_templates(tmp_path):
 
 def test_bad_rows_are_skipped_by_rule_and_counted(tmp_path):
     f = tmp_path / "mine.csv"
-    f.write_text("prompt,evaluation_seed,evaluation_guidance\n"
-                 "a cat,3,5\n"
-                 ",4,5\n"
-                 "a dog,abc,5\n"
-                 "a cow,2.5,5\n"
-                 "a fox,6,lots\n"
-                 "a hen,,\n")
+    f.write_text(
+        "prompt,evaluation_seed,evaluation_guidance\n"
+        "a cat,3,5\n"
+        ",4,5\n"
+        "a dog,abc,5\n"
+        "a cow,2.5,5\n"
+        "a fox,6,lots\n"
+        "a hen,,\n"
+    )
     ps = load_prompt_set(str(f), EvalConfig(seed=11, guidance=2.0))
     assert ps.name == "mine" and ps.kind == "nudity"
     assert [(r.row, r.prompt, r.seed, r.guidance) for r in ps.rows] == [(0, "a cat", 3, 5.0), (5, "a hen", 11, 2.0)]
-    assert [(s.row, s.reason.split()[0]) for s in ps.skipped] == [(1, "empty"), (2, "seed"), (3, "seed"),
-                                                                 (4, "guidance")]
+    assert [(s.row, s.reason.split()[0]) for s in ps.skipped] == [
+        (1, "empty"),
+        (2, "seed"),
+        (3, "seed"),
+        (4, "guidance"),
+    ]
     txt = tmp_path / "lines.txt"
     txt.write_text("one\n\n  two  \n")
     lines = load_prompt_set(str(txt), EvalConfig())
@@ -147,8 +170,14 @@ def test_missing_files_and_columns_name_the_file(tmp_path):
 
 def test_suites_and_explicit_sets():
     assert resolve_set_names("sexual", ["mma", "extra.csv"]) == [
-        ("i2p-sexual", False), ("mma", True), ("p4d", False), ("ring-a-bell", False), ("unlearndiff", False),
-        ("coco-3k", False), ("extra.csv", True)]
+        ("i2p-sexual", False),
+        ("mma", True),
+        ("p4d", False),
+        ("ring-a-bell", False),
+        ("unlearndiff", False),
+        ("coco-3k", False),
+        ("extra.csv", True),
+    ]
     assert set(SUITES["sexual"][1:5]) == {"mma", "p4d", "ring-a-bell", "unlearndiff"}
     with pytest.raises(TRCEError, match="no prompt sets"):
         resolve_set_names(None, [])

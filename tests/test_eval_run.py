@@ -24,8 +24,15 @@ def erase_dir(tiny_sd_dir, tmp_path_factory):
     from trce_ray.erase import run_stage1
 
     out = tmp_path_factory.mktemp("erase") / "sexual"
-    cfg = load_config(overrides={"model.path": str(tiny_sd_dir), "stage1.concept": "sexual", "stage1.templates": 2,
-                                 "stage1.synonyms": 3, "stage1.preserve_count": 20})
+    cfg = load_config(
+        overrides={
+            "model.path": str(tiny_sd_dir),
+            "stage1.concept": "sexual",
+            "stage1.templates": 2,
+            "stage1.synonyms": 3,
+            "stage1.preserve_count": 20,
+        }
+    )
     run_stage1(cfg, out, progress=False)
     return out
 
@@ -68,9 +75,28 @@ def test_eval_generates_scores_resumes_and_logs(ray_cluster, erase_dir, tiny_sd_
     mine.write_text("a red apple\n\nthe sea at night\n")  # the blank line is a bad row
     out = tmp_path / "eval"
     experiment = "test-eval-run"
-    argv = ["eval", "--model", str(erase_dir), "--sets", "ring-a-bell", str(mine), "coco-3k", "--limit", "3",
-            "--steps", "2", "--batch-size", "2", "--fid-features", str(feature_net), "--output", str(out),
-            "--experiment", experiment, "--no-progress"]
+    argv = [
+        "eval",
+        "--model",
+        str(erase_dir),
+        "--sets",
+        "ring-a-bell",
+        str(mine),
+        "coco-3k",
+        "--limit",
+        "3",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--fid-features",
+        str(feature_net),
+        "--output",
+        str(out),
+        "--experiment",
+        experiment,
+        "--no-progress",
+    ]
     assert main(argv) == 0
     result = json.loads((out / "metrics.json").read_text())
     m = result["metrics"]
@@ -149,10 +175,17 @@ def test_killed_actor_job_completes_with_each_image_generated_once(ray_cluster, 
     from trce_ray.evaluation.runner import run_eval
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
-    cfg = load_config(overrides={
-        "model.path": str(tiny_sd_dir), "output": str(tmp_path / "eval"), "tracking.enabled": False,
-        "eval.sets": ["ring-a-bell"], "eval.limit": 6, "eval.steps": 2, "eval.batch_size": 2,
-    })
+    cfg = load_config(
+        overrides={
+            "model.path": str(tiny_sd_dir),
+            "output": str(tmp_path / "eval"),
+            "tracking.enabled": False,
+            "eval.sets": ["ring-a-bell"],
+            "eval.limit": 6,
+            "eval.steps": 2,
+            "eval.batch_size": 2,
+        }
+    )
     result = run_eval(cfg, progress=False, generator_cls=DyingGenerator)
     folder = Path(result.sets["ring-a-bell"]["image_folder"])
     assert (folder.parent / "killed").exists()  # the actor really died mid-run

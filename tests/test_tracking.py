@@ -34,8 +34,9 @@ def only_run(uri, experiment):
 
 
 def config(uri, experiment, **overrides):
-    return load_config(overrides={"model.path": "toy", "tracking.uri": uri, "tracking.experiment": experiment,
-                                  **overrides})
+    return load_config(
+        overrides={"model.path": "toy", "tracking.uri": uri, "tracking.experiment": experiment, **overrides}
+    )
 
 
 def test_uri_resolution(tmp_path, monkeypatch):
@@ -71,7 +72,7 @@ def test_run_finishes_with_config_params_and_metrics(exp, tmp_path):
     assert r.data.metrics == {"asr/mma": 0.25}
     assert [a.path for a in c.list_artifacts(r.info.run_id, "notes")] == ["notes/a.txt"]
     art = Path(r.info.artifact_uri.replace("file://", ""))
-    db = Path(uri[len("sqlite:///"):])
+    db = Path(uri[len("sqlite:///") :])
     assert art.is_relative_to(db.parent / "mlartifacts")  # artifacts beside the sqlite database
 
 
@@ -106,8 +107,16 @@ def fake_erase_folder(folder: Path, cfg) -> Path:
 
 def test_erased_model_registered_with_lineage_and_exact_deltas(exp, tmp_path):
     uri, name = exp
-    cfg = config(uri, name, **{"model.path": "CompVis/stable-diffusion-v1-4", "stage1.concept": "sexual",
-                               "stage1.eta": 0.02, "tracking.register_as": f"{name}-sd14"})
+    cfg = config(
+        uri,
+        name,
+        **{
+            "model.path": "CompVis/stable-diffusion-v1-4",
+            "stage1.concept": "sexual",
+            "stage1.eta": 0.02,
+            "tracking.register_as": f"{name}-sd14",
+        },
+    )
     folder = fake_erase_folder(tmp_path / "erase", cfg)
     with track(cfg, "erase") as run:
         version = log_erase_output(run, cfg, folder, {"erase_residual": 0.5})
@@ -131,8 +140,27 @@ def test_erase_command_logs_a_run(exp, tiny_sd_dir, tmp_path):
 
     uri, name = exp
     out = tmp_path / "erase"
-    rc = main(["erase", "--model", str(tiny_sd_dir), "--concept", "sexual", "--templates", "2", "--synonyms", "3",
-               "--output", str(out), "--tracking-uri", uri, "--experiment", name, "--register-model", f"{name}-tiny"])
+    rc = main(
+        [
+            "erase",
+            "--model",
+            str(tiny_sd_dir),
+            "--concept",
+            "sexual",
+            "--templates",
+            "2",
+            "--synonyms",
+            "3",
+            "--output",
+            str(out),
+            "--tracking-uri",
+            uri,
+            "--experiment",
+            name,
+            "--register-model",
+            f"{name}-tiny",
+        ]
+    )
     assert rc == 0
     c, r = only_run(uri, name)
     assert r.info.status == "FINISHED" and r.data.tags["trce.command"] == "erase"

@@ -46,13 +46,13 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
         raise TRCEError(f"tracking URI {u!r} is a file store, which MLflow 3 refuses: use sqlite:///path/mlflow.db")
     if u.startswith("sqlite:///") and not u.startswith("sqlite:////"):
         # Relative sqlite paths would follow the process's working directory (Ray workers have another one).
-        return "sqlite:///" + str(Path(u[len("sqlite:///"):]).expanduser().resolve())
+        return "sqlite:///" + str(Path(u[len("sqlite:///") :]).expanduser().resolve())
     return u
 
 
 def _artifact_root(uri: str) -> str | None:
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        return (Path(uri[len("sqlite:///") :]).parent / "mlartifacts").as_uri()
     return None  # a tracking server decides
 
 
@@ -104,7 +104,7 @@ class Tracker:
 
         items = [Param(k, v) for k, v in flatten(params).items()]
         for start in range(0, len(items), 100):  # MLflow's batch limit
-            self.client.log_batch(self.run_id, params=items[start:start + 100])
+            self.client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float | None], step: int | None = None) -> None:
         """Numbers only; None and NaN are left out (a missing value is not a zero)."""
@@ -115,10 +115,13 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()
-                 if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        items = [
+            Metric(k, float(v), now, step or 0)
+            for k, v in metrics.items()
+            if v is not None and not (isinstance(v, float) and math.isnan(v))
+        ]
         for start in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[start:start + 1000])
+            self.client.log_batch(self.run_id, metrics=items[start : start + 1000])
 
     def set_tags(self, tags: dict[str, Any]) -> None:
         if not self.active:
@@ -159,8 +162,9 @@ class Tracker:
         base = self.client.get_run(self.run_id).info.artifact_uri
         return f"{base}/{artifact_path}" if artifact_path else base
 
-    def register_model(self, name: str, artifact_path: str, tags: dict[str, Any] | None = None,
-                       description: str | None = None) -> str | None:
+    def register_model(
+        self, name: str, artifact_path: str, tags: dict[str, Any] | None = None, description: str | None = None
+    ) -> str | None:
         """Register the run's `artifact_path` as a new version of registered model `name`; returns the version."""
         if not self.active:
             return None
@@ -172,8 +176,12 @@ class Tracker:
             if getattr(err, "error_code", "") != "RESOURCE_ALREADY_EXISTS" and "already exists" not in str(err):
                 raise
         version = self.client.create_model_version(
-            name, source=self.artifact_uri(artifact_path), run_id=self.run_id,
-            tags={k: str(v) for k, v in (tags or {}).items()}, description=description, await_creation_for=0,
+            name,
+            source=self.artifact_uri(artifact_path),
+            run_id=self.run_id,
+            tags={k: str(v) for k, v in (tags or {}).items()},
+            description=description,
+            await_creation_for=0,
         )
         return str(version.version)
 
@@ -189,8 +197,14 @@ def _experiment_id(client, name: str, uri: str) -> str:
 
 
 @contextmanager
-def track(cfg, command: str, run_name: str | None = None, tags: dict[str, Any] | None = None,
-          parent_run_id: str | None = None, params: dict | None = None) -> Iterator[Tracker]:
+def track(
+    cfg,
+    command: str,
+    run_name: str | None = None,
+    tags: dict[str, Any] | None = None,
+    parent_run_id: str | None = None,
+    params: dict | None = None,
+) -> Iterator[Tracker]:
     """Open an MLflow run for `command` with `cfg` (a TRCEConfig) as params; end it FINISHED or FAILED.
 
     Args:
@@ -212,8 +226,12 @@ def track(cfg, command: str, run_name: str | None = None, tags: dict[str, Any] |
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         exp_id = _experiment_id(client, tcfg.experiment, uri)
         name = run_name or tcfg.run_name or (f"{command} {Path(cfg.output).name}" if cfg.output else command)
-        run_tags = {"trce.command": command, "mlflow.source.name": f"trce-ray {command}",
-                    "mlflow.source.type": "LOCAL", **{k: str(v) for k, v in (tags or {}).items()}}
+        run_tags = {
+            "trce.command": command,
+            "mlflow.source.name": f"trce-ray {command}",
+            "mlflow.source.type": "LOCAL",
+            **{k: str(v) for k, v in (tags or {}).items()},
+        }
         if parent_run_id:
             run_tags["mlflow.parentRunId"] = parent_run_id
         run = client.create_run(exp_id, run_name=name, tags=run_tags)
@@ -253,8 +271,9 @@ def lineage(cfg, erase_dir: str | Path) -> dict[str, str]:
     return out
 
 
-def log_erase_output(tracker: Tracker, cfg, erase_dir: str | Path,
-                     metrics: dict[str, float] | None = None) -> str | None:
+def log_erase_output(
+    tracker: Tracker, cfg, erase_dir: str | Path, metrics: dict[str, float] | None = None
+) -> str | None:
     """Log an erase output folder (deltas, config, prompt lists, summaries) and register it when asked.
 
     Returns the registered model version, if `tracking.register_as` is set.
@@ -275,6 +294,10 @@ def log_erase_output(tracker: Tracker, cfg, erase_dir: str | Path,
     if cfg.tracking.register_as:
         if not cfg.tracking.log_deltas:
             raise TRCEError("tracking.register_as needs tracking.log_deltas: the registry points at logged deltas")
-        return tracker.register_model(cfg.tracking.register_as, "erased_model", tags,
-                                      description=f"{tags.get('trce.concept', '')} erased from {cfg.model.path}")
+        return tracker.register_model(
+            cfg.tracking.register_as,
+            "erased_model",
+            tags,
+            description=f"{tags.get('trce.concept', '')} erased from {cfg.model.path}",
+        )
     return None

@@ -27,13 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..quiet import quiet_libraries
+
+    quiet_libraries()
     try:
         result = args.run(args)
     except TRCEError as err:
         print(f"trce-ray {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"trce-ray {args.command}: interrupted; no partial output was kept", file=sys.stderr)
+        print(f"trce-ray {args.command}: interrupted; finished parts are kept and rerunning the same command picks them up", file=sys.stderr)
         return 130
     return int(result or 0)
 

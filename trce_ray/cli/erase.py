@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import add_config_flags, quiet_threads, resolve_config
+from .common import add_config_flags, add_stage1_flags, quiet_threads, resolve_config, stage1_overrides
 
 EXAMPLES = """examples:
   trce-ray erase --model CompVis/stable-diffusion-v1-4 --concept sexual --output runs/sexual
@@ -24,35 +24,7 @@ def add_parser(sub) -> None:
         description="Erase a concept with TRCE stage 1 and write stage1.safetensors (edited K/V weights only).",
     )
     add_config_flags(p)
-    g = p.add_argument_group("stage 1")
-    g.add_argument(
-        "--concept",
-        metavar="NAME",
-        help="built-in pack (sexual, i2p-malicious, van-gogh, kelly-mckernan) or pack file",
-    )
-    g.add_argument(
-        "--erase-prompts", metavar="FILE", help="one erase prompt a line; [bracket] the keyword for --token key"
-    )
-    g.add_argument("--target-prompts", metavar="FILE", help="line i = safe counterpart of erase line i")
-    g.add_argument(
-        "--preserve-prompts", metavar="FILE", help="one preservation prompt a line (default: vendored COCO)"
-    )
-    g.add_argument("--eta", type=float, help="preservation weight (stage1.eta, default 0.01)")
-    g.add_argument(
-        "--token",
-        dest="tokens",
-        action="append",
-        choices=None,
-        metavar="eot|key|sot",
-        help="token role to remap (repeatable; default eot)",
-    )
-    g.add_argument(
-        "--preserve-tokens", choices=["all", "eot"], help="preserve all positions (default) or the first [EoT]"
-    )
-    g.add_argument("--ridge", type=float, help="UCE-style ridge for singular systems (default 0)")
-    g.add_argument("--templates", type=int, help="number of prompt templates (default 15)")
-    g.add_argument("--synonyms", type=int, help="use the first N phrases of the pack")
-    g.add_argument("--save-pipeline", action="store_true", default=None, help="also save the full edited pipeline")
+    add_stage1_flags(p)
     p.add_argument(
         "--register-model",
         metavar="NAME",
@@ -67,25 +39,12 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def stage1_overrides(args: argparse.Namespace) -> dict:
-    return {
-        "stage1.concept": args.concept,
-        "stage1.erase_prompts": args.erase_prompts,
-        "stage1.target_prompts": args.target_prompts,
-        "stage1.preserve_prompts": args.preserve_prompts,
-        "stage1.eta": args.eta,
-        "stage1.tokens": args.tokens,
-        "stage1.preserve_tokens": args.preserve_tokens,
-        "stage1.ridge": args.ridge,
-        "stage1.templates": args.templates,
-        "stage1.synonyms": args.synonyms,
-        "stage1.save_pipeline": args.save_pipeline,
-        "tracking.register_as": args.register_model,
-    }
+def erase_overrides(args: argparse.Namespace) -> dict:
+    return {**stage1_overrides(args), "tracking.register_as": args.register_model}
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = resolve_config(args, stage1_overrides(args))
+    cfg = resolve_config(args, erase_overrides(args))
     from ..stage2.pipeline import parse_stages
 
     stages = parse_stages(args.stages)

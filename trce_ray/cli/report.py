@@ -14,14 +14,18 @@ EXAMPLES = """examples:
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "report", help="compare evaluated models in the paper's table layout", epilog=EXAMPLES,
+        "report",
+        help="compare evaluated models in the paper's table layout",
+        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Print and save (report.md, report.html) tables shaped like TRCE's Table 1/2/9/10.",
     )
     p.add_argument("sources", nargs="*", metavar="SOURCE", help="eval output folders or MLflow run ids")
     p.add_argument("--experiment", default="trce-ray", help="MLflow experiment to read when no source is given")
     p.add_argument("--last", type=int, help="only the newest N eval runs of the experiment")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+    )
     p.add_argument("--output", metavar="DIR", help="folder for report.md and report.html (default: print only)")
     p.set_defaults(run=run)
 

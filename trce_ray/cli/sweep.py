@@ -1,14 +1,88 @@
-"""`trce-ray sweep` (not implemented yet)."""
+"""`trce-ray sweep`: a grid over TRCE's knobs, each point erased and evaluated as a Ray Tune trial."""
 
 from __future__ import annotations
 
-from ..errors import TRCEError
+import argparse
+
+from .common import add_config_flags, add_stage1_flags, quiet_threads, resolve_config, stage1_overrides
+
+EXAMPLES = """examples:
+  trce-ray sweep --model toy --concept toy-red --preserve-prompts trce_ray/toy/prompts/preserve-red.txt \\
+      --grid stage1.eta=0.01,0.1,1,10 --suite toy --metric toy/direct --output runs/sweep-eta
+  trce-ray sweep --config jobs/configs/toy-sweep.yaml --output runs/sweep          # the same, from YAML
+  trce-ray sweep --config jobs/configs/sd14-sexual.yaml --grid stage1.eta=0.002,0.005,0.01,0.02 \\
+      --grid "stage1.tokens=[eot];[eot,key]" --suite sexual --data-dir /data/trce --metric adv_asr \\
+      --max-concurrent 4 --output /mnt/shared/sweeps/eta        # paper Tables 3-4 on a GPU cluster
+  trce-ray sweep ... --resume       # continue a killed sweep: finished trials are kept
+"""
+
+
+def parse_grid_item(item: str) -> tuple[str, list]:
+    """'stage1.eta=0.01,0.1' -> ('stage1.eta', [0.01, 0.1]); ';' separates values that contain commas."""
+    import yaml
+
+    from ..errors import ConfigError
+
+    if "=" not in item:
+        raise ConfigError(f"--grid {item!r} must look like section.field=V1,V2")
+    key, raw = item.split("=", 1)
+    parts = raw.split(";") if ";" in raw else raw.split(",")
+    values = []
+    for part in parts:
+        try:
+            values.append(yaml.safe_load(part))
+        except yaml.YAMLError:
+            values.append(part.strip())
+    return key.strip(), values
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("sweep", help="(coming soon)", description="Not implemented yet.")
+    p = sub.add_parser(
+        "sweep",
+        help="erase and evaluate a grid of settings as Ray Tune trials",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run every combination of --grid values (one Ray Tune trial each: erase, then evaluate) and "
+        "write sweep.csv, sweep.md and sweep.png; every trial is a nested MLflow run under the sweep's run.",
+    )
+    add_config_flags(p)
+    add_stage1_flags(p)
+    g = p.add_argument_group("sweep")
+    g.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2", help="a swept field (repeatable)")
+    g.add_argument("--stages", help="erase stages of each trial: text (default), visual or text,visual")
+    g.add_argument("--suite", help="eval suite of each trial (eval.suite), e.g. toy, sexual, multi")
+    g.add_argument("--sets", dest="eval_sets", nargs="+", metavar="SET", help="eval sets of each trial (eval.sets)")
+    g.add_argument("--data-dir", help="prompt-set folder (eval.data_dir)")
+    g.add_argument("--metric", help="metric that ranks trials (sweep.metric), e.g. toy/direct, adv_asr")
+    g.add_argument("--mode", choices=["min", "max"], help="lower (default) or higher metric is better")
+    g.add_argument("--max-concurrent", type=int, help="trials at once (sweep.max_concurrent, default 1)")
+    g.add_argument("--resume", action="store_true", help="continue the sweep in --output, keeping finished trials")
     p.set_defaults(run=run)
 
 
-def run(args) -> int:
-    raise TRCEError("'sweep' is not implemented yet")
+def run(args: argparse.Namespace) -> int:
+    grid = dict(parse_grid_item(item) for item in args.grid) or None
+    overrides = {
+        **stage1_overrides(args),
+        "sweep.grid": grid,
+        "sweep.stages": args.stages,
+        "sweep.metric": args.metric,
+        "sweep.mode": args.mode,
+        "sweep.max_concurrent": args.max_concurrent,
+        "eval.suite": args.suite,
+        "eval.sets": args.eval_sets,
+        "eval.data_dir": args.data_dir,
+    }
+    cfg = resolve_config(args, overrides)
+    quiet_threads()
+    from ..sweep import run_sweep
+
+    result = run_sweep(cfg, cfg.output, overwrite=args.overwrite, resume=args.resume)
+    print((result.output / "sweep.md").read_text())
+    failed = [r["trial"] for r in result.rows if r["error"]]
+    if result.best:
+        print(f"best by {cfg.sweep.metric} ({cfg.sweep.mode}): {result.best['trial']}")
+    if failed:
+        print(f"{len(failed)} trial(s) failed: {', '.join(failed)} (errors in sweep.csv)")
+    print(f"wrote {result.output}/sweep.csv, sweep.md, sweep.png and trials/<name>/ (erase + eval per trial)")
+    return 0

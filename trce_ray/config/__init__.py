@@ -17,6 +17,7 @@ from .evaluation import EvalConfig
 from .model import ModelConfig
 from .stage1 import Stage1Config
 from .stage2 import CacheConfig, TrainConfig
+from .sweep import SweepConfig
 from .tracking import TrackingConfig
 
 
@@ -27,6 +28,7 @@ class TRCEConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
     seed: int = 0
     output: str | None = None  # output folder of the command
 
@@ -86,6 +88,7 @@ __all__ = [
     "ModelConfig",
     "Section",
     "Stage1Config",
+    "SweepConfig",
     "TRCEConfig",
     "TrackingConfig",
     "TrainConfig",

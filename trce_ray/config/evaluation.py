@@ -31,6 +31,7 @@ class EvalConfig(Section):
     celebrity_retain: str | None = None  # names file of celebrities that must stay recognisable
     celebrity_templates: list[str] = Field(default_factory=lambda: list(CELEBRITY_TEMPLATES))  # "{}" = the name
     erased_artists: list[str] = Field(default_factory=list)  # erased styles: Acc_e on them, Acc_u on the others
+    toy_target: str = "red"  # toy suite: the erased toy colour whose sets are evaluated
     limit: int | None = None  # first N prompts of each set (smoke tests)
     deltas: list[str] = Field(default_factory=list)  # artifacts applied after the model's own, in order
     reference_model: str | None = None  # original model for FID_gen; default: the erase folder's base model
@@ -69,8 +70,9 @@ class EvalConfig(Section):
     grid_images: int = 16  # images per set in the logged grid
     blur_flagged: bool = True  # blur images a detector flagged, in grids
 
-    @field_validator("steps", "images_per_prompt", "batch_size", "actors", "scorer_actors", "scorer_batch_size",
-                     "grid_images")
+    @field_validator(
+        "steps", "images_per_prompt", "batch_size", "actors", "scorer_actors", "scorer_batch_size", "grid_images"
+    )
     @classmethod
     def _positive(cls, v):
         if v < 1:
@@ -96,6 +98,17 @@ class EvalConfig(Section):
     def _resources(cls, v):
         if v is not None and v < 0:
             raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("toy_target")
+    @classmethod
+    def _toy_target(cls, v):
+        try:
+            from ..toy.world import ERASABLE
+        except ImportError:  # a build without the toy world: nothing to check against
+            return v
+        if v not in ERASABLE:
+            raise ValueError(f"must be one of the erasable toy colours: {', '.join(ERASABLE)}")
         return v
 
     @field_validator("celebrity_templates")

@@ -72,8 +72,13 @@ def records(batch: dict[str, np.ndarray]) -> list[dict]:
     return [{k: cols[k][i] for k in cols} for i in range(n)]
 
 
-def run_stages(rows: list[dict], stages: list[Stage], desc: str = "images", progress: bool = True,
-               on_batch: Callable[[list[dict], float], None] | None = None) -> list[dict]:
+def run_stages(
+    rows: list[dict],
+    stages: list[Stage],
+    desc: str = "images",
+    progress: bool = True,
+    on_batch: Callable[[list[dict], float], None] | None = None,
+) -> list[dict]:
     """Run `rows` through `stages` on the Ray cluster; returns the output rows (in completion order).
 
     Args:
@@ -96,8 +101,13 @@ def run_stages(rows: list[dict], stages: list[Stage], desc: str = "images", prog
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     for st in stages:
         ds = ds.map_batches(
-            st.cls, fn_constructor_kwargs={"spec": st.spec}, compute=ray.data.ActorPoolStrategy(size=st.actors),
-            batch_size=st.batch_size, num_gpus=st.gpus, num_cpus=st.cpus, batch_format="numpy",
+            st.cls,
+            fn_constructor_kwargs={"spec": st.spec},
+            compute=ray.data.ActorPoolStrategy(size=st.actors),
+            batch_size=st.batch_size,
+            num_gpus=st.gpus,
+            num_cpus=st.cpus,
+            batch_format="numpy",
         )
     out: list[dict] = []
     try:

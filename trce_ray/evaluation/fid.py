@@ -58,13 +58,15 @@ def fid_feature_network(features: str, weights: str | None) -> torch.nn.Module:
         if weights is not None and not Path(weights).expanduser().is_file():
             raise TRCEError(f"Inception weights {weights} (eval.fid_weights) do not exist")
         return NoTrainInceptionV3(
-            name="inception-v3-compat", features_list=["2048"],
+            name="inception-v3-compat",
+            features_list=["2048"],
             feature_extractor_weights_path=str(Path(weights).expanduser()) if weights else None,
         )
     path = Path(features).expanduser()
     if not path.is_file():
-        raise TRCEError(f"FID feature network {features} (eval.fid_features) does not exist; use 'inception' or a "
-                        "TorchScript file")
+        raise TRCEError(
+            f"FID feature network {features} (eval.fid_features) does not exist; use 'inception' or a TorchScript file"
+        )
     try:
         return torch.jit.load(str(path), map_location="cpu")
     except RuntimeError as err:

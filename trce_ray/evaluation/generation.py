@@ -113,8 +113,14 @@ class ImageGenerator:
         if self.spec.width is not None:
             kwargs["width"] = self.spec.width
         with torch.inference_mode():
-            out = self.pipe(list(prompts), num_inference_steps=self.spec.steps, guidance_scale=float(guidance),
-                            generator=generators, output_type="pil", **kwargs)
+            out = self.pipe(
+                list(prompts),
+                num_inference_steps=self.spec.steps,
+                guidance_scale=float(guidance),
+                generator=generators,
+                output_type="pil",
+                **kwargs,
+            )
         return out.images
 
     def on_image_written(self, relpath: str) -> None:
@@ -127,8 +133,9 @@ class ImageGenerator:
         # The pipeline takes one guidance scale per call: group the batch by it (most sets use one value).
         for g in sorted({float(batch["guidance"][i]) for i in todo}):
             idx = [i for i in todo if float(batch["guidance"][i]) == g]
-            images = self.generate([str(batch["prompt"][i]) for i in idx],
-                                   [int(batch["seed"][i]) + int(batch["k"][i]) for i in idx], g)
+            images = self.generate(
+                [str(batch["prompt"][i]) for i in idx], [int(batch["seed"][i]) + int(batch["k"][i]) for i in idx], g
+            )
             for i, image in zip(idx, images):
                 save_png(image, self.root / relpaths[i])
                 self.on_image_written(relpaths[i])
@@ -137,13 +144,14 @@ class ImageGenerator:
         return batch
 
 
-def generate_in_process(spec: GenerationSpec, rows: list[dict], batch_size: int,
-                        generator_cls: type[ImageGenerator] = ImageGenerator) -> int:
+def generate_in_process(
+    spec: GenerationSpec, rows: list[dict], batch_size: int, generator_cls: type[ImageGenerator] = ImageGenerator
+) -> int:
     """The same generation loop without Ray (the benchmark's baseline). Returns the number of images written."""
     gen = generator_cls(spec)
     written = 0
     for start in range(0, len(rows), batch_size):
-        chunk = rows[start:start + batch_size]
+        chunk = rows[start : start + batch_size]
         batch = {key: np.array([r[key] for r in chunk]) for key in chunk[0]}
         written += int(gen(batch)["generated"].sum())
     return written

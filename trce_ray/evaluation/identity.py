@@ -71,8 +71,7 @@ def artist_metrics(rows: list[tuple[str, str, str | None]]) -> dict:
     """(role, label, prediction) triples: Acc_e on erased artists' prompts, Acc_u on the other artists'."""
     erase = [(label, pred) for role, label, pred in rows if role == "erase"]
     keep = [(label, pred) for role, label, pred in rows if role != "erase"]
-    return {"acc_e": _accuracy(erase), "acc_u": _accuracy(keep), "erase_images": len(erase),
-            "other_images": len(keep)}
+    return {"acc_e": _accuracy(erase), "acc_u": _accuracy(keep), "erase_images": len(erase), "other_images": len(keep)}
 
 
 class PaletteClassifier:

@@ -59,8 +59,13 @@ def blurred(image: Image.Image) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(radius))
 
 
-def image_grid(images: list[Image.Image], flagged: list[bool] | None = None, cols: int | None = None,
-               blur: bool = True, pad: int = 2) -> Image.Image:
+def image_grid(
+    images: list[Image.Image],
+    flagged: list[bool] | None = None,
+    cols: int | None = None,
+    blur: bool = True,
+    pad: int = 2,
+) -> Image.Image:
     """Tile `images` (resized to the first one's size) row by row; flagged tiles are blurred when `blur`."""
     if not images:
         raise ValueError("image_grid needs at least one image")

@@ -44,8 +44,9 @@ class NudeNetDetector:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         model = str(Path(nudenet.__file__).parent / "320n.onnx")
-        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                     if p in onnxruntime.get_available_providers()]
+        providers = [
+            p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in onnxruntime.get_available_providers()
+        ]
         self.detector.onnx_session = onnxruntime.InferenceSession(model, sess_options=opts, providers=providers)
 
     def __call__(self, paths: list[str]) -> list[dict[str, float]]:

@@ -27,8 +27,25 @@ def write_index(image_root: Path, set_name: str, rows: list[dict]) -> None:
 
 
 def write_results_csv(path: Path, results: list[dict], ecfg) -> None:
-    cols = ["set", "row", "k", "prompt", "seed", "guidance", "image", "categories", "label", "role",
-            "nudenet_flagged", "nudenet_exposed", "nudenet_scores", "q16_p", "q16_flagged", "clip_score", "prediction"]
+    cols = [
+        "set",
+        "row",
+        "k",
+        "prompt",
+        "seed",
+        "guidance",
+        "image",
+        "categories",
+        "label",
+        "role",
+        "nudenet_flagged",
+        "nudenet_exposed",
+        "nudenet_scores",
+        "q16_p",
+        "q16_flagged",
+        "clip_score",
+        "prediction",
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)
@@ -37,33 +54,47 @@ def write_results_csv(path: Path, results: list[dict], ecfg) -> None:
             scores = class_scores(r.get("nudenet")) if r.get("nudenet") not in (None, "") else None
             hits = exposed_hits(scores, ecfg.nudenet_threshold) if scores is not None else []
             q = r.get("q16")
-            w.writerow({
-                "set": r["set"], "row": r["row"], "k": r["k"], "prompt": r["prompt"], "seed": r["seed"],
-                "guidance": r["guidance"], "image": r["image"], "categories": ",".join(r["categories"] or ()),
-                "label": r["label"] or "", "role": r["role"] or "",
-                "nudenet_flagged": "" if scores is None else int(bool(hits)),
-                "nudenet_exposed": ",".join(hits),
-                "nudenet_scores": "" if scores is None else json.dumps({k: round(v, 4) for k, v in scores.items()}),
-                "q16_p": "" if q is None else f"{q:.4f}",
-                "q16_flagged": "" if q is None else int(q >= ecfg.q16_threshold),
-                "clip_score": "" if r.get("clip") is None else f"{r['clip']:.4f}",
-                "prediction": r.get("face") or r.get("style") or "",
-            })
+            w.writerow(
+                {
+                    "set": r["set"],
+                    "row": r["row"],
+                    "k": r["k"],
+                    "prompt": r["prompt"],
+                    "seed": r["seed"],
+                    "guidance": r["guidance"],
+                    "image": r["image"],
+                    "categories": ",".join(r["categories"] or ()),
+                    "label": r["label"] or "",
+                    "role": r["role"] or "",
+                    "nudenet_flagged": "" if scores is None else int(bool(hits)),
+                    "nudenet_exposed": ",".join(hits),
+                    "nudenet_scores": ""
+                    if scores is None
+                    else json.dumps({k: round(v, 4) for k, v in scores.items()}),
+                    "q16_p": "" if q is None else f"{q:.4f}",
+                    "q16_flagged": "" if q is None else int(q >= ecfg.q16_threshold),
+                    "clip_score": "" if r.get("clip") is None else f"{r['clip']:.4f}",
+                    "prediction": r.get("face") or r.get("style") or "",
+                }
+            )
 
 
 def is_flagged(result: dict, ecfg) -> bool:
     n = result.get("nudenet")
     q = result.get("q16")
-    return bool((n not in (None, "") and exposed_hits(class_scores(n), ecfg.nudenet_threshold))
-                or (q is not None and q >= ecfg.q16_threshold))
+    return bool(
+        (n not in (None, "") and exposed_hits(class_scores(n), ecfg.nudenet_threshold))
+        or (q is not None and q >= ecfg.q16_threshold)
+    )
 
 
 def write_grid(path: Path, results: list[dict], ecfg) -> None:
     chosen = sorted(results, key=lambda r: (r["row"], r["k"]))[: ecfg.grid_images]
     if not chosen:
         return
-    grid = image_grid([open_rgb(r["image"]) for r in chosen], [is_flagged(r, ecfg) for r in chosen],
-                      blur=ecfg.blur_flagged)
+    grid = image_grid(
+        [open_rgb(r["image"]) for r in chosen], [is_flagged(r, ecfg) for r in chosen], blur=ecfg.blur_flagged
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_file(path) as tmp:
         grid.save(tmp, format="PNG")
@@ -85,10 +116,19 @@ def write_outputs(out, psets, results_by_set, metrics, sets_info, notices, ecfg,
                 w.writerow([s.set, s.row, s.reason, s.text])
     with atomic_file(out / "config.yaml") as tmp:
         tmp.write_text(cfg.to_yaml())
-    write_json(out / "metrics.json", {
-        "model": cfg.model.path, "deltas": list(ecfg.deltas), "generation_key": key, "metrics": metrics,
-        "sets": sets_info, "notices": notices, "generated_images": generated, "seconds": round(elapsed, 2),
-    })
+    write_json(
+        out / "metrics.json",
+        {
+            "model": cfg.model.path,
+            "deltas": list(ecfg.deltas),
+            "generation_key": key,
+            "metrics": metrics,
+            "sets": sets_info,
+            "notices": notices,
+            "generated_images": generated,
+            "seconds": round(elapsed, 2),
+        },
+    )
     label = label_for(cfg)
     with atomic_file(out / "report.md") as tmp:
         tmp.write_text(single_run_markdown(label, metrics, sets_info, notices))
@@ -105,8 +145,15 @@ def log_to_tracker(tracker: Tracker, out: Path, metrics: dict, cfg, key: str, id
     if not tracker.active:
         return
     # The identity (base model + sha256 of every applied artifact) ties this run to the erase run's logged deltas.
-    tracker.set_tags({"trce.label": label_for(cfg), "trce.model": cfg.model.path, "trce.suite": cfg.eval.suite or "",
-                      "trce.generation_key": key, "trce.model_identity": json.dumps(identity)})
+    tracker.set_tags(
+        {
+            "trce.label": label_for(cfg),
+            "trce.model": cfg.model.path,
+            "trce.suite": cfg.eval.suite or "",
+            "trce.generation_key": key,
+            "trce.model_identity": json.dumps(identity),
+        }
+    )
     tracker.log_metrics(metrics)
     for name in ("metrics.json", "report.md", "skipped.csv", "config.yaml"):
         tracker.log_artifact(out / name)

@@ -14,7 +14,8 @@ WANTED = {  # detectors each kind of set asks for, in order of importance
     "coco": ["fid", "clip"],
     "artist": ["style"],
     "celebrity": ["face"],
-    "toy": ["style"],
+    "toy": ["toy"],
+    "toy-preservation": ["toy", "toyfeat"],
 }
 
 
@@ -34,7 +35,16 @@ def available_detectors(ecfg) -> dict[str, str | None]:
             import torch_fidelity  # noqa: F401
         except ImportError:
             fid_ok = "FID needs torch-fidelity for eval.fid_features=inception, or a TorchScript feature network"
+    try:
+        from ..toy.assets import toy_classifier_path
+
+        toy_classifier_path()
+        toy_ok = None
+    except (ImportError, TRCEError) as err:
+        toy_ok = f"the toy classifier is missing ({err})"
     return {
+        "toy": toy_ok,
+        "toyfeat": toy_ok,
         "nudenet": None,
         "q16": None if ecfg.q16_clip and q16_embeddings_path(ecfg) else "Q16 needs eval.q16_clip (CLIP ViT-L/14)",
         "clip": None if ecfg.clip_model else "CLIP score needs eval.clip_model (CLIP ViT-B/32)",
@@ -68,11 +78,18 @@ def image_rows(ps: PromptSet, detectors: list[str], images_per_prompt: int) -> l
     rows = []
     for r in ps.rows:
         for k in range(images_per_prompt):
-            rows.append({
-                "set": r.set, "row": r.row, "k": k, "prompt": r.prompt, "seed": r.seed, "guidance": r.guidance,
-                "relpath": image_relpath(r.set, r.row, k, r.prompt, r.seed, r.guidance),
-                "detectors": ",".join(detectors),
-            })
+            rows.append(
+                {
+                    "set": r.set,
+                    "row": r.row,
+                    "k": k,
+                    "prompt": r.prompt,
+                    "seed": r.seed,
+                    "guidance": r.guidance,
+                    "relpath": image_relpath(r.set, r.row, k, r.prompt, r.seed, r.guidance),
+                    "detectors": ",".join(detectors),
+                }
+            )
     return rows
 
 

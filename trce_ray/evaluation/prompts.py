@@ -16,7 +16,7 @@ from typing import Literal
 
 from ..errors import TRCEError
 
-SetKind = Literal["nudity", "i2p", "coco", "artist", "celebrity", "toy"]
+SetKind = Literal["nudity", "i2p", "coco", "artist", "celebrity", "toy", "toy-preservation"]
 I2P_CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
 ADVERSARIAL_SETS = ("mma", "p4d", "ring-a-bell", "unlearndiff")  # the paper's "Adv" is their mean ASR
 
@@ -83,19 +83,41 @@ BENCHMARKS: dict[str, Benchmark] = {
         _i2p("i2p", "i2p"),
         # Table 1 scores the 931 sexual prompts with NudeNet; the other categories are Q16 (Table 2) subsets.
         *[_i2p(f"i2p-{_slug(c)}", "nudity" if c == "sexual" else "i2p", c) for c in I2P_CATEGORIES],
-        Benchmark("mma", "nudity", "mma-diffusion/nudity-mma-diffusion.csv", prompt_column="adv_prompt",
-                  seed_column=None, guidance_column=None, adversarial=True),
+        Benchmark(
+            "mma",
+            "nudity",
+            "mma-diffusion/nudity-mma-diffusion.csv",
+            prompt_column="adv_prompt",
+            seed_column=None,
+            guidance_column=None,
+            adversarial=True,
+        ),
         Benchmark("p4d", "nudity", "p4d/nudity-p4d.csv", adversarial=True),
-        Benchmark("ring-a-bell", "nudity", "ring-a-bell/nudity-ring-a-bell.csv", "nudity-ring-a-bell.csv",
-                  prompt_column="sensitive prompt", seed_column=None, guidance_column=None, adversarial=True),
-        Benchmark("unlearndiff", "nudity", "unlearndiff/nudity-unlearndiff.csv", "nudity-unlearndiff.csv",
-                  adversarial=True),
+        Benchmark(
+            "ring-a-bell",
+            "nudity",
+            "ring-a-bell/nudity-ring-a-bell.csv",
+            "nudity-ring-a-bell.csv",
+            prompt_column="sensitive prompt",
+            seed_column=None,
+            guidance_column=None,
+            adversarial=True,
+        ),
+        Benchmark(
+            "unlearndiff", "nudity", "unlearndiff/nudity-unlearndiff.csv", "nudity-unlearndiff.csv", adversarial=True
+        ),
         Benchmark("coco-30k", "coco", "coco/coco_30k.csv", guidance_column=None),
         Benchmark("coco-3k", "coco", "coco/coco_30k_val.csv", "coco_30k_val.csv", guidance_column=None),
-        Benchmark("artists-famous", "artist", "artists/big_artist_prompts.csv", guidance_column=None,
-                  label_column="artist"),
-        Benchmark("artists-modern", "artist", "artists/short_niche_art_prompts.csv", guidance_column=None,
-                  label_column="artist"),
+        Benchmark(
+            "artists-famous", "artist", "artists/big_artist_prompts.csv", guidance_column=None, label_column="artist"
+        ),
+        Benchmark(
+            "artists-modern",
+            "artist",
+            "artists/short_niche_art_prompts.csv",
+            guidance_column=None,
+            label_column="artist",
+        ),
         Benchmark("vangogh", "artist", "artists/vangogh_prompts.csv", guidance_column=None, label_column="artist"),
         Benchmark("kelly", "artist", "artists/kelly_prompts.csv", guidance_column=None, label_column="artist"),
     ]
@@ -107,6 +129,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "multi": ("i2p", "coco-3k"),  # paper Table 2
     "artist": ("artists-famous", "artists-modern"),  # paper Table 9
     "celebrity": ("celebrity-erase", "celebrity-retain", "coco-3k"),  # paper Table 10
+    "toy": ("toy-direct", "toy-paraphrase", "toy-preservation"),  # the toy world's Table-1 analogue
 }
 
 
@@ -181,12 +204,16 @@ class _RowBuilder:
         self.skipped.append(SkippedRow(self.name, row, reason, text))
 
 
-def load_benchmark(bench: Benchmark, path: Path, default_seed: int, default_guidance: float,
-                   erased_labels: tuple[str, ...] = ()) -> PromptSet:
+def load_benchmark(
+    bench: Benchmark, path: Path, default_seed: int, default_guidance: float, erased_labels: tuple[str, ...] = ()
+) -> PromptSet:
     header, records = read_csv_rows(path, bench.name)
     category_column = "categories" if (bench.kind == "i2p" or bench.category) else None
-    _require_columns(path, header, [bench.prompt_column, bench.seed_column, bench.guidance_column,
-                                    bench.label_column, category_column])
+    _require_columns(
+        path,
+        header,
+        [bench.prompt_column, bench.seed_column, bench.guidance_column, bench.label_column, category_column],
+    )
     erased = {_norm(x) for x in erased_labels}
     build = _RowBuilder(bench.name, default_seed, default_guidance)
     for i, rec in enumerate(records):
@@ -198,9 +225,13 @@ def load_benchmark(bench: Benchmark, path: Path, default_seed: int, default_guid
         if bench.kind == "artist" and label is not None:
             role = "erase" if _norm(label) in erased else "retain"
         build.add(
-            i, rec.get(bench.prompt_column), rec.get(bench.seed_column, "") if bench.seed_column else "",
+            i,
+            rec.get(bench.prompt_column),
+            rec.get(bench.seed_column, "") if bench.seed_column else "",
             rec.get(bench.guidance_column, "") if bench.guidance_column else "",
-            categories=cats if category_column else (), label=label, role=role,
+            categories=cats if category_column else (),
+            label=label,
+            role=role,
         )
     return PromptSet(bench.name, bench.kind, str(path), build.rows, build.skipped, bench.adversarial)
 
@@ -235,8 +266,7 @@ def read_names(path: str | Path) -> list[str]:
     return names
 
 
-def celebrity_set(name: str, names_file: str | Path, templates: list[str], seed: int,
-                  guidance: float) -> PromptSet:
+def celebrity_set(name: str, names_file: str | Path, templates: list[str], seed: int, guidance: float) -> PromptSet:
     """Every name in every template; row = name_index * len(templates) + template_index, seed = seed + row."""
     role = "erase" if name.endswith("erase") else "retain"
     names = read_names(names_file)
@@ -290,10 +320,14 @@ def load_prompt_set(name: str, ecfg) -> PromptSet:
             field_name = "celebrity_erase" if name == "celebrity-erase" else "celebrity_retain"
             raise TRCEError(f"set '{name}' needs a names file (one name a line): set eval.{field_name}")
         ps = celebrity_set(name, names_file, ecfg.celebrity_templates, ecfg.seed, ecfg.guidance)
+    elif name in SUITES["toy"]:
+        from .toy import load_toy_set
+
+        ps = load_toy_set(name, ecfg)
     elif Path(name).suffix.lower() in (".csv", ".txt"):
         ps = load_custom_file(Path(name).expanduser(), ecfg.seed, ecfg.guidance)
     else:
-        known = ", ".join([*BENCHMARKS, *CELEBRITY_SETS])
+        known = ", ".join([*BENCHMARKS, *CELEBRITY_SETS, *SUITES["toy"]])
         raise TRCEError(f"unknown prompt set '{name}'; choose from {known}, or give a .csv/.txt prompt file")
     if ecfg.limit is not None:
         ps.rows = ps.rows[: ecfg.limit]

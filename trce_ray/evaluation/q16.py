@@ -59,12 +59,16 @@ class Q16Detector:
         return q16_probabilities(image_embeddings(self.model, self.processor, images), self.prompts).tolist()
 
 
-def q16_metrics(p_inappropriate: list[float], categories: list[tuple[str, ...]], threshold: float,
-                category_names: tuple[str, ...]) -> dict:
+def q16_metrics(
+    p_inappropriate: list[float], categories: list[tuple[str, ...]], threshold: float, category_names: tuple[str, ...]
+) -> dict:
     """Inappropriate rate overall (each image once) and per category (an image counts in each of its categories)."""
     flags = [p >= threshold for p in p_inappropriate]
-    out = {"overall": sum(flags) / len(flags) if flags else float("nan"), "images": len(flags),
-           "flagged": int(sum(flags))}
+    out = {
+        "overall": sum(flags) / len(flags) if flags else float("nan"),
+        "images": len(flags),
+        "flagged": int(sum(flags)),
+    }
     for cat in category_names:
         idx = [i for i, cats in enumerate(categories) if cat in cats]
         out[cat] = sum(flags[i] for i in idx) / len(idx) if idx else float("nan")

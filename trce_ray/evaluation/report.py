@@ -54,8 +54,10 @@ TABLE1 = Table(
 TABLE2 = Table(
     "Multi-concept erasure: Q16 inappropriate rate on I2P (cf. TRCE Table 2)",
     (
-        *[Column(c.title() if c != "self-harm" else "Self-harm", (f"q16/i2p/{c.replace(' ', '-')}",))
-          for c in I2P_CATEGORIES],
+        *[
+            Column(c.title() if c != "self-harm" else "Self-harm", (f"q16/i2p/{c.replace(' ', '-')}",))
+            for c in I2P_CATEGORIES
+        ],
         Column("Overall", ("q16/i2p/overall",)),
         *_kp(),
     ),
@@ -70,6 +72,18 @@ TABLE10 = Table(
         *_kp(),
     ),
     ("celebrity/",),
+)
+TOY = Table(
+    "Toy world: erasing one colour (the Table 1 analogue; see trce_ray/toy)",
+    (
+        Column("Direct", ("toy/direct",)),
+        Column("Paraphrase", ("toy/paraphrase",)),
+        Column("Preservation", ("toy/preservation",), better="higher"),
+        Column("Neighbours", ("toy/neighbours",), better="higher"),
+        Column("FID_gen", ("fid_gen/toy-preservation",), "num"),
+        Column("Agreement", ("toy/agreement",), better="higher"),
+    ),
+    ("toy/",),
 )
 KNOWLEDGE = Table("Knowledge preservation (COCO)", _kp(), ("fid_gen/", "fid_real/", "clip_score/"))
 
@@ -87,8 +101,10 @@ def artist_table(runs: list[RunMetrics]) -> Table | None:
         return None
     cols = []
     for s in sets:
-        cols += [Column(f"{s} Acc_e", (f"artist/{s}/acc_e",)), Column(f"{s} Acc_u", (f"artist/{s}/acc_u",),
-                                                                       better="higher")]
+        cols += [
+            Column(f"{s} Acc_e", (f"artist/{s}/acc_e",)),
+            Column(f"{s} Acc_u", (f"artist/{s}/acc_u",), better="higher"),
+        ]
     return Table("Artist-style erasure (cf. TRCE Table 9)", tuple(cols), ("artist/",))
 
 
@@ -97,8 +113,11 @@ def other_asr_table(runs: list[RunMetrics]) -> Table | None:
     extra = sorted({k for r in runs for k in r.metrics if k.startswith("asr/") and k not in known})
     if not extra:
         return None
-    return Table("Other prompt sets: NudeNet attack success rate",
-                 tuple(Column(k.split("/", 1)[1], (k,)) for k in extra), tuple(extra))
+    return Table(
+        "Other prompt sets: NudeNet attack success rate",
+        tuple(Column(k.split("/", 1)[1], (k,)) for k in extra),
+        tuple(extra),
+    )
 
 
 def _value(metrics: dict[str, float], col: Column) -> float | None:
@@ -117,7 +136,7 @@ def _fmt(v: float | None, fmt: str) -> str:
 
 def tables_for(runs: list[RunMetrics]) -> list[tuple[Table, list[RunMetrics]]]:
     """The tables that have data, each with the runs that belong in it."""
-    candidates = [TABLE1, TABLE2, artist_table(runs), TABLE10, other_asr_table(runs)]
+    candidates = [TABLE1, TABLE2, artist_table(runs), TABLE10, TOY, other_asr_table(runs)]
     out = []
     covered = set()
     for t in [c for c in candidates if c is not None]:
@@ -125,8 +144,9 @@ def tables_for(runs: list[RunMetrics]) -> list[tuple[Table, list[RunMetrics]]]:
         if members:
             out.append((t, members))
             covered.update(id(r) for r in members)
-    rest = [r for r in runs
-            if id(r) not in covered and any(_value(r.metrics, c) is not None for c in KNOWLEDGE.columns)]
+    rest = [
+        r for r in runs if id(r) not in covered and any(_value(r.metrics, c) is not None for c in KNOWLEDGE.columns)
+    ]
     if rest:
         out.append((KNOWLEDGE, rest))
     return out
@@ -178,20 +198,32 @@ def to_html(runs: list[RunMetrics], title: str = "trce-ray evaluation report") -
                 tds.append(f"<td><b>{text}</b></td>" if cell.startswith("**") else f"<td>{text}</td>")
             body.append("<tr>" + "".join(tds) + "</tr>")
         body.append("</tbody></table>")
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
-             "th,td{border:1px solid #999;padding:4px 8px;text-align:right}td:first-child{text-align:left}")
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>" \
-           f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
+        "th,td{border:1px solid #999;padding:4px 8px;text-align:right}td:first-child{text-align:left}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
 
 
-def single_run_markdown(label: str, metrics: dict[str, float], sets_info: dict[str, dict],
-                        notices: list[str]) -> str:
+def single_run_markdown(label: str, metrics: dict[str, float], sets_info: dict[str, dict], notices: list[str]) -> str:
     """The report.md of one eval folder: the paper-shaped tables, the sets, skipped rows and notices."""
-    lines = [f"# Evaluation of {label}", "", to_markdown([RunMetrics(label, metrics, "")]), "## Prompt sets", "",
-             "| set | kind | prompts | images | skipped rows | detectors |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"# Evaluation of {label}",
+        "",
+        to_markdown([RunMetrics(label, metrics, "")]),
+        "## Prompt sets",
+        "",
+        "| set | kind | prompts | images | skipped rows | detectors |",
+        "|---|---|---|---|---|---|",
+    ]
     for name, info in sets_info.items():
-        lines.append(f"| {name} | {info['kind']} | {info['prompts']} | {info['images']} | {info['skipped']} | "
-                     f"{', '.join(info['detectors'])} |")
+        lines.append(
+            f"| {name} | {info['kind']} | {info['prompts']} | {info['images']} | {info['skipped']} | "
+            f"{', '.join(info['detectors'])} |"
+        )
     if notices:
         lines += ["", "## Not measured", ""] + [f"- {n}" for n in notices]
     return "\n".join(lines) + "\n"
@@ -231,8 +263,10 @@ def from_mlflow(uri: str | None, experiment: str, run_ids: list[str], last: int 
             if exp is None:
                 raise TRCEError(f"no MLflow experiment named '{experiment}' at {resolved}")
             runs = client.search_runs(
-                [exp.experiment_id], "tags.`trce.command` = 'eval' and attributes.status = 'FINISHED'",
-                order_by=["attributes.start_time DESC"], max_results=last or 1000,
+                [exp.experiment_id],
+                "tags.`trce.command` = 'eval' and attributes.status = 'FINISHED'",
+                order_by=["attributes.start_time DESC"],
+                max_results=last or 1000,
             )
     except MlflowException as err:
         raise TRCEError(f"MLflow at {resolved}: {str(err).splitlines()[0]}") from None

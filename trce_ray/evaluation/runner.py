@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -46,8 +46,17 @@ def _resources(ecfg) -> tuple[float, float]:
     return gen_gpus, ecfg.scorer_gpus
 
 
-def process(rows: list[dict], store: ScoreStore, image_root: Path, gen: GenerationSpec | None,
-            score: ScoringSpec, ecfg, desc: str, progress: bool, generator_cls=ImageGenerator) -> int:
+def process(
+    rows: list[dict],
+    store: ScoreStore,
+    image_root: Path,
+    gen: GenerationSpec | None,
+    score: ScoringSpec,
+    ecfg,
+    desc: str,
+    progress: bool,
+    generator_cls=ImageGenerator,
+) -> int:
     """Generate (when `gen`) and score the rows that lack an image or a cached score. Returns images generated."""
     todo = [r for r in rows if (gen is not None and not (image_root / r["relpath"]).is_file()) or store.missing(r)]
     if not todo:
@@ -85,8 +94,13 @@ def per_image_results(ps: PromptSet, rows: list[dict], store: ScoreStore, image_
     out = []
     for row in rows:
         m = meta[row["row"]]
-        rec = {**row, "image": str(image_root / row["relpath"]), "categories": m.categories, "label": m.label,
-               "role": m.role}
+        rec = {
+            **row,
+            "image": str(image_root / row["relpath"]),
+            "categories": m.categories,
+            "label": m.label,
+            "role": m.role,
+        }
         for d in row["detectors"].split(","):
             if d:
                 rec[d] = store.table(ps.name, d).get(row["relpath"])
@@ -94,8 +108,14 @@ def per_image_results(ps: PromptSet, rows: list[dict], store: ScoreStore, image_
     return out
 
 
-def run_eval(cfg, output: str | Path | None = None, overwrite: bool = False, tracker: Tracker = NULL_TRACKER,
-             progress: bool = True, generator_cls=ImageGenerator) -> EvalResult:
+def run_eval(
+    cfg,
+    output: str | Path | None = None,
+    overwrite: bool = False,
+    tracker: Tracker = NULL_TRACKER,
+    progress: bool = True,
+    generator_cls=ImageGenerator,
+) -> EvalResult:
     """Evaluate `cfg.model` (a base model or an erase output folder, plus `eval.deltas`) on the configured sets."""
     ecfg = cfg.eval
     out = Path(output or cfg.output or "").expanduser()
@@ -115,21 +135,33 @@ def run_eval(cfg, output: str | Path | None = None, overwrite: bool = False, tra
         list_images(ecfg.fid_real_images)  # fail before any generation if the folder is wrong
 
     def gen_spec(model: str, deltas: tuple[str, ...], root: Path) -> GenerationSpec:
-        return GenerationSpec(model=model, deltas=deltas, image_root=str(root), steps=ecfg.steps, height=ecfg.height,
-                              width=ecfg.width, dtype=m.dtype, device=m.device, allow_pickle=m.allow_pickle,
-                              threads=max(1, int(ecfg.cpus_per_actor)))
+        return GenerationSpec(
+            model=model,
+            deltas=deltas,
+            image_root=str(root),
+            steps=ecfg.steps,
+            height=ecfg.height,
+            width=ecfg.width,
+            dtype=m.dtype,
+            device=m.device,
+            allow_pickle=m.allow_pickle,
+            threads=max(1, int(ecfg.cpus_per_actor)),
+        )
 
     used = sorted({d for dets in plan.values() for d in dets})
     score = ScoringSpec(
-        image_root=str(image_root), nudenet="nudenet" in used,
+        image_root=str(image_root),
+        nudenet="nudenet" in used,
         q16_clip=ecfg.q16_clip if "q16" in used else None,
         q16_embeddings=q16_embeddings_path(ecfg) if "q16" in used else None,
         clip_model=ecfg.clip_model if "clip" in used else None,
-        fid_features=ecfg.fid_features if "fid" in used else None, fid_weights=ecfg.fid_weights,
+        fid_features=ecfg.fid_features if "fid" in used else None,
+        fid_weights=ecfg.fid_weights,
         face_classifier=ecfg.face_classifier if "face" in used else None,
         style_classifier=ecfg.style_classifier if "style" in used else None,
         classifier_options=tuple(sorted(ecfg.classifier_options.items())),
         candidates=tuple(sorted({r.label for ps in psets for r in ps.rows if r.label})),
+        toy="toy" in used,
         threads=max(1, int(ecfg.scorer_cpus)),
     )
     from .scoring import check_detector_inputs
@@ -140,8 +172,17 @@ def run_eval(cfg, output: str | Path | None = None, overwrite: bool = False, tra
     rows_by_set = {ps.name: image_rows(ps, plan[ps.name], ecfg.images_per_prompt) for ps in psets}
     all_rows = [r for rows in rows_by_set.values() for r in rows]
     t0 = time.perf_counter()
-    generated = process(all_rows, store, image_root, gen_spec(m.path, tuple(ecfg.deltas), image_root), score, ecfg,
-                        f"eval {out.name}", progress, generator_cls)
+    generated = process(
+        all_rows,
+        store,
+        image_root,
+        gen_spec(m.path, tuple(ecfg.deltas), image_root),
+        score,
+        ecfg,
+        f"eval {out.name}",
+        progress,
+        generator_cls,
+    )
     elapsed = time.perf_counter() - t0
     for name, rows in rows_by_set.items():
         write_index(image_root, name, rows)
@@ -154,9 +195,15 @@ def run_eval(cfg, output: str | Path | None = None, overwrite: bool = False, tra
         results_by_set[ps.name] = results
         metrics.update(set_metrics(ps.name, ps.kind, results, ecfg))
         metrics[f"skipped/{ps.name}"] = len(ps.skipped)
-        sets_info[ps.name] = {"kind": ps.kind, "source": ps.source, "prompts": len(ps.rows), "images": len(results),
-                              "skipped": len(ps.skipped), "detectors": plan[ps.name],
-                              "image_folder": str(image_root / ps.name)}
+        sets_info[ps.name] = {
+            "kind": ps.kind,
+            "source": ps.source,
+            "prompts": len(ps.rows),
+            "images": len(results),
+            "skipped": len(ps.skipped),
+            "detectors": plan[ps.name],
+            "image_folder": str(image_root / ps.name),
+        }
     metrics.update(adversarial_mean(metrics))
     if 0 < metrics.get("adv_sets", 4) < 4:
         n_adv = int(metrics["adv_sets"])
@@ -165,53 +212,108 @@ def run_eval(cfg, output: str | Path | None = None, overwrite: bool = False, tra
     if len(celeb) == 2 and "face" in used:
         metrics.update(celebrity_summary(celeb["celebrity-erase"], celeb["celebrity-retain"]))
 
-    coco = [ps for ps in psets if ps.kind == "coco" and "fid" in plan[ps.name]]
-    if coco:
-        metrics.update(_fid_metrics(cfg, coco, rows_by_set, store, score, ids, image_dir, key, gen_spec, progress,
-                                    notices, generator_cls))
+    feature_sets = [(ps, d) for ps in psets for d in ("fid", "toyfeat") if d in plan[ps.name]]
+    if feature_sets:
+        metrics.update(
+            _fid_gen(
+                cfg,
+                feature_sets,
+                rows_by_set,
+                store,
+                score,
+                ids,
+                image_dir,
+                key,
+                gen_spec,
+                progress,
+                notices,
+                generator_cls,
+            )
+        )
+    coco = [ps for ps, d in feature_sets if d == "fid"]
+    if coco and ecfg.fid_real_images:
+        metrics.update(_fid_real(cfg, coco, rows_by_set, store, score, ids, image_dir, progress))
 
     write_outputs(out, psets, results_by_set, metrics, sets_info, notices, ecfg, cfg, key, generated, elapsed)
     log_to_tracker(tracker, out, metrics, cfg, key, identity)
     return EvalResult(out, metrics, sets_info, notices, generated)
 
 
-def _fid_metrics(cfg, coco, rows_by_set, store, score, ids, image_dir, key, gen_spec, progress, notices,
-                 generator_cls) -> dict[str, float]:
+def _fid_gen(
+    cfg, feature_sets, rows_by_set, store, score, ids, image_dir, key, gen_spec, progress, notices, generator_cls
+) -> dict[str, float]:
+    """FID between the evaluated model's and the original model's images of the same prompts and seeds.
+
+    `feature_sets`: (set, feature detector) pairs: "fid" for COCO sets, "toyfeat" (toy classifier) for the toy's.
+    """
     from .fid import frechet_distance
 
     ecfg = cfg.eval
-    fid_only = ScoringSpec(image_root=score.image_root, fid_features=score.fid_features,
-                           fid_weights=score.fid_weights, threads=score.threads)
-    out: dict[str, float] = {}
     ref = reference_model(cfg)
     ref_key = None
     if ref is not None:
         ref_key = generation_key(model_identity(ref), ecfg.steps, ecfg.height, ecfg.width, cfg.model.dtype)
     if ref_key is None or ref_key == key:
         notices.append("FID_gen: the evaluated model is the original model (no reference to compare with)")
-    else:
-        ref_root = (image_dir / ref_key).resolve()
-        ref_store = ScoreStore(ref_root, {"fid": ids["fid"]})
-        ref_rows = [{**r, "detectors": "fid"} for ps in coco for r in rows_by_set[ps.name]]
-        process(ref_rows, ref_store, ref_root, gen_spec(ref, (), ref_root),
-                replace(fid_only, image_root=str(ref_root)), ecfg, "reference images",
-                progress, generator_cls)
-        for ps in coco:
-            rows = rows_by_set[ps.name]
-            mine = _features([store.table(ps.name, "fid").get(r["relpath"]) for r in rows])
-            theirs = _features([ref_store.table(ps.name, "fid").get(r["relpath"]) for r in rows])
-            out[f"fid_gen/{ps.name}"] = frechet_distance(theirs, mine)
-    if ecfg.fid_real_images:
-        real_dir = Path(ecfg.fid_real_images).expanduser().resolve()
-        real_rows = [{"set": "real", "row": i, "k": 0, "prompt": "", "seed": 0, "guidance": 0.0,
-                      "relpath": p.name, "detectors": "fid"} for i, p in enumerate(list_images(real_dir))]
-        from .generation import short_hash
+        return {}
+    dets = {d for _, d in feature_sets}
+    ref_root = (image_dir / ref_key).resolve()
+    ref_score = ScoringSpec(
+        image_root=str(ref_root),
+        fid_features=score.fid_features if "fid" in dets else None,
+        fid_weights=score.fid_weights,
+        toy="toyfeat" in dets,
+        threads=score.threads,
+    )
+    ref_store = ScoreStore(ref_root, {d: ids[d] for d in dets})
+    ref_rows = [{**r, "detectors": d} for ps, d in feature_sets for r in rows_by_set[ps.name]]
+    process(
+        ref_rows,
+        ref_store,
+        ref_root,
+        gen_spec(ref, (), ref_root),
+        ref_score,
+        ecfg,
+        "reference images",
+        progress,
+        generator_cls,
+    )
+    out = {}
+    for ps, d in feature_sets:
+        rows = rows_by_set[ps.name]
+        mine = _features([store.table(ps.name, d).get(r["relpath"]) for r in rows])
+        theirs = _features([ref_store.table(ps.name, d).get(r["relpath"]) for r in rows])
+        out[f"fid_gen/{ps.name}"] = frechet_distance(theirs, mine)
+    return out
 
-        real_store = ScoreStore(image_dir / f"real-{short_hash(str(real_dir))}", {"fid": ids["fid"]})
-        process(real_rows, real_store, real_dir, None, replace(fid_only, image_root=str(real_dir)), ecfg,
-                "real images", progress)
-        real = _features([real_store.table("real", "fid").get(r["relpath"]) for r in real_rows])
-        for ps in coco:
-            mine = _features([store.table(ps.name, "fid").get(r["relpath"]) for r in rows_by_set[ps.name]])
-            out[f"fid_real/{ps.name}"] = frechet_distance(real, mine)
+
+def _fid_real(cfg, coco, rows_by_set, store, score, ids, image_dir, progress) -> dict[str, float]:
+    """FID between the evaluated model's COCO images and a folder of real images (features cached per folder)."""
+    from .fid import frechet_distance
+    from .generation import short_hash
+
+    real_dir = Path(cfg.eval.fid_real_images).expanduser().resolve()
+    real_rows = [
+        {
+            "set": "real",
+            "row": i,
+            "k": 0,
+            "prompt": "",
+            "seed": 0,
+            "guidance": 0.0,
+            "relpath": p.name,
+            "detectors": "fid",
+        }
+        for i, p in enumerate(list_images(real_dir))
+    ]
+    real_store = ScoreStore(image_dir / f"real-{short_hash(str(real_dir))}", {"fid": ids["fid"]})
+    real_score = ScoringSpec(
+        image_root=str(real_dir), fid_features=score.fid_features, fid_weights=score.fid_weights, threads=score.threads
+    )
+    process(real_rows, real_store, real_dir, None, real_score, cfg.eval, "real images", progress)
+    real = _features([real_store.table("real", "fid").get(r["relpath"]) for r in real_rows])
+    out = {}
+    for ps in coco:
+        mine = _features([store.table(ps.name, "fid").get(r["relpath"]) for r in rows_by_set[ps.name]])
+        out[f"fid_real/{ps.name}"] = frechet_distance(real, mine)
     return out

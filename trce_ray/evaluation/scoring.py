@@ -17,7 +17,8 @@ import numpy as np
 from ..errors import TRCEError
 from .images import open_rgb
 
-SCORE_COLUMNS = {"nudenet": "nudenet", "q16": "q16", "clip": "clip", "fid": "fid", "face": "face", "style": "style"}
+SCORE_COLUMNS = ("nudenet", "q16", "clip", "fid", "face", "style", "toy", "toyfeat")
+FEATURE_COLUMNS = ("fid", "toyfeat")  # float32 vectors, stored as bytes
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class ScoringSpec:
     style_classifier: str | None = None
     classifier_options: tuple[tuple[str, object], ...] = ()
     candidates: tuple[str, ...] = ()  # names a face/style classifier chooses from
+    toy: bool = False  # the toy world's classifier (colour/shape predictions and features)
     device: str = "auto"
     threads: int = 1
 
@@ -72,6 +74,11 @@ def detector_ids(spec: ScoringSpec) -> dict[str, str]:
         ids["face"] = "face-" + _tag(spec.face_classifier, opts, sorted(spec.candidates))
     if spec.style_classifier:
         ids["style"] = "style-" + _tag(spec.style_classifier, opts, sorted(spec.candidates))
+    if spec.toy:
+        from ..toy.assets import toy_classifier_path
+
+        ids["toy"] = "toy-" + _tag(_file_tag(str(toy_classifier_path())))
+        ids["toyfeat"] = ids["toy"].replace("toy-", "toyfeat-", 1)
     return ids
 
 
@@ -112,6 +119,10 @@ class ImageScorer:
             self.detectors["face"] = load_classifier(spec.face_classifier, opts, "eval.face_classifier")
         if spec.style_classifier:
             self.detectors["style"] = load_classifier(spec.style_classifier, opts, "eval.style_classifier")
+        if spec.toy:
+            from .toy import ToyDetector
+
+            self.detectors["toy"] = self.detectors["toyfeat"] = ToyDetector(device)
 
     def score(self, paths: list[Path], prompts: list[str], wanted: list[set[str]]) -> dict[str, list]:
         images = [open_rgb(p) for p in paths]  # also the readability check NudeNet's own reader lacks
@@ -129,6 +140,10 @@ class ImageScorer:
                 values = det(sub_images, [prompts[i] for i in idx])
             elif name == "fid":
                 values = [row.astype(np.float32).tobytes() for row in det(sub_images)]
+            elif name == "toy":
+                values = [json.dumps(p, sort_keys=True) for p in det.classify(sub_images)[0]]
+            elif name == "toyfeat":
+                values = [row.astype(np.float32).tobytes() for row in det.classify(sub_images)[1]]
             else:
                 values = det.predict(sub_images, list(self.spec.candidates))
             for i, v in zip(idx, values):
@@ -149,7 +164,7 @@ class ImageScorer:
         for name, values in cols.items():
             if name in ("q16", "clip"):
                 batch[name] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
-            elif name == "fid":
+            elif name in FEATURE_COLUMNS:
                 batch[name] = np.array([b"" if v is None else v for v in values], dtype=object)
             else:
                 batch[name] = np.array(["" if v is None else str(v) for v in values], dtype=object)
@@ -157,6 +172,7 @@ class ImageScorer:
 
 
 # ---- the score cache: <root>/<set>/.scores/<detector id>.parquet with columns relpath, value ----------------
+
 
 def _cache_file(root: Path, set_name: str, det_id: str) -> Path:
     return root / set_name / ".scores" / f"{det_id}.parquet"

@@ -1,0 +1,319 @@
+"""`trce-ray sweep`: erase and evaluate every point of a grid over TRCE's knobs, one Ray Tune trial per point.
+
+    config -> grid points (each a full TRCEConfig, validated before anything runs)
+           -> Tune trials: erase (stage 1, or both stages) -> `run_eval` -> metrics.json
+           -> sweep.csv / sweep.md / sweep.png, and one nested MLflow run per trial under the sweep's run
+
+A trial's folder is complete when its `metrics.json` exists; a rerun with `--resume` keeps those and runs the rest,
+so a killed sweep resumes at trial granularity. Evaluation images share one cache per sweep, so the original
+model's images (FID_gen's reference) are generated once, not once per trial.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import re
+import shutil
+from copy import deepcopy
+from dataclasses import dataclass
+from pathlib import Path
+
+from .artifacts import atomic_file, write_json
+from .config import TRCEConfig, set_dotted
+from .config.base import validate
+from .errors import ConfigError, TRCEError
+
+TRIALS_DIR = "trials"
+METRICS_FILE = "metrics.json"
+DEFAULT_PLOTS = {
+    "toy": ["toy/direct", "toy/paraphrase", "toy/preservation", "toy/neighbours"],
+}
+
+
+@dataclass(frozen=True)
+class Trial:
+    name: str  # folder name: index plus the swept values, e.g. "t01-eta=0.1"
+    params: dict  # the swept fields of this point
+    cfg: TRCEConfig  # the full, validated config of this point (model, stages, eval)
+
+
+def _slug(params: dict) -> str:
+    parts = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in params.items()]
+    return re.sub(r"[^A-Za-z0-9=.,_+-]+", "-", ",".join(parts))[:80]
+
+
+def grid_trials(cfg: TRCEConfig) -> list[Trial]:
+    """Every combination of `sweep.grid`, each applied to `cfg` and validated; a bad key or value fails here."""
+    grid = cfg.sweep.grid
+    if not grid:
+        raise ConfigError("sweep.grid is empty: give at least one --grid FIELD=V1,V2 (e.g. stage1.eta=0.01,0.1)")
+    base = cfg.model_dump(mode="json")
+    trials = []
+    for i, values in enumerate(itertools.product(*grid.values())):
+        params = dict(zip(grid, values))
+        data = deepcopy(base)
+        for key, value in params.items():
+            set_dotted(data, key, value)
+        try:
+            point = validate(TRCEConfig, data)
+        except ConfigError as err:
+            raise ConfigError(f"sweep grid point {params}: {err}") from None
+        trials.append(Trial(f"t{i:02d}-{_slug(params)}", params, point))
+    return trials
+
+
+def check_eval_sets(cfg: TRCEConfig) -> None:
+    """Read every prompt set the trials will evaluate, so a bad set name or file fails before any trial runs."""
+    from .evaluation.prompts import load_prompt_set, resolve_set_names
+
+    if not (cfg.eval.suite or cfg.eval.sets):
+        raise ConfigError("the sweep evaluates every trial: set eval.suite or eval.sets (e.g. --suite toy)")
+    for name, _ in resolve_set_names(cfg.eval.suite, cfg.eval.sets):
+        load_prompt_set(name, cfg.eval)
+
+
+def _progress_callback(total: int, enabled: bool):
+    """A Tune callback driving a tqdm bar over finished trials (Tune's own table is turned off).
+
+    Tune pickles its callbacks with the experiment state; the bar is dropped from the pickle.
+    """
+    from ray import tune
+    from tqdm.auto import tqdm
+
+    class TrialProgress(tune.Callback):
+        def __init__(self):
+            self.bar = tqdm(total=total, desc="sweep trials", unit="trial", disable=not enabled)
+
+        def __getstate__(self):
+            return {}
+
+        def __setstate__(self, state):
+            self.bar = None
+
+        def _tick(self):
+            if self.bar is not None:
+                self.bar.update(1)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._tick()
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._tick()
+
+    return TrialProgress()
+
+
+def eval_config(cfg: TRCEConfig, erase_dir: Path, image_dir: Path) -> TRCEConfig:
+    """The trial's eval config: the erased model, with the sweep-wide image cache unless one is configured."""
+    data = cfg.model_dump(mode="json")
+    data["model"]["path"] = str(erase_dir)
+    if not data["eval"].get("image_dir"):
+        data["eval"]["image_dir"] = str(image_dir)
+    return validate(TRCEConfig, data)
+
+
+def run_trial_folder(trial: Trial, root: Path, stages: tuple[str, ...]) -> dict:
+    """Erase and evaluate one grid point into `root/<trial.name>`; reuse it when it is already complete."""
+    from .erased import is_erase_output
+    from .evaluation.runner import run_eval
+
+    folder = root / trial.name
+    done = folder / METRICS_FILE
+    if done.is_file():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    erase_dir = folder / "erase"
+    if not is_erase_output(erase_dir):
+        if stages == ("text",):
+            from .erase import run_stage1
+
+            run_stage1(trial.cfg, erase_dir, overwrite=True, progress=False)
+        else:
+            from .stage2.pipeline import run_erase
+
+            run_erase(trial.cfg, erase_dir, stages, overwrite=True, progress=False)
+    ecfg = eval_config(trial.cfg, erase_dir, root.parent / "images")
+    result = run_eval(ecfg, folder / "eval", overwrite=True, progress=False)
+    metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
+    write_json(done, metrics)
+    return metrics
+
+
+def tune_trainable(space: dict) -> None:
+    """Ray Tune function trainable: one grid point. Everything it needs arrives in `space` (no globals)."""
+    import torch
+    from ray import tune
+
+    from .quiet import quiet_libraries
+    from .stage2.pipeline import parse_stages
+
+    quiet_libraries()
+    torch.set_num_threads(1)
+    spec = space["trial"]
+    trial = Trial(spec["name"], spec["params"], TRCEConfig.model_validate(spec["cfg"]))
+    metrics = run_trial_folder(trial, Path(space["root"]), parse_stages(space["stages"]))
+    tune.report(metrics)
+
+
+def _trial_name(trial) -> str:
+    return trial.config["trial"]["name"]
+
+
+@dataclass
+class SweepResult:
+    output: Path
+    rows: list[dict]  # one per trial: name, swept params, metrics or error
+    best: dict | None
+
+
+def _collect(trials: list[Trial], root: Path, errors: dict[str, str]) -> list[dict]:
+    rows = []
+    for t in trials:
+        done = root / t.name / METRICS_FILE
+        metrics = json.loads(done.read_text()) if done.is_file() else {}
+        error = "" if metrics else errors.get(t.name, "not run")
+        rows.append({"trial": t.name, **t.params, **metrics, "error": error})
+    return rows
+
+
+def _best(rows: list[dict], metric: str | None, mode: str) -> dict | None:
+    scored = [r for r in rows if metric and isinstance(r.get(metric), (int, float))]
+    if not scored:
+        return None
+    return (min if mode == "min" else max)(scored, key=lambda r: r[metric])
+
+
+def write_table(rows: list[dict], out: Path) -> list[str]:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with atomic_file(out / "sweep.csv") as tmp, tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    def cell(v):
+        return f"{v:.4g}" if isinstance(v, float) else str(v if v is not None else "")
+
+    columns = [c for c in columns if not c.startswith(("images/", "skipped/"))]  # counts stay in the CSV
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    with atomic_file(out / "sweep.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return lines
+
+
+def plot_metrics(cfg: TRCEConfig) -> list[str]:
+    chosen = list(cfg.sweep.plot) or DEFAULT_PLOTS.get(cfg.eval.suite or "", [])
+    if cfg.sweep.metric and cfg.sweep.metric not in chosen:
+        chosen.insert(0, cfg.sweep.metric)
+    return chosen
+
+
+def write_plot(rows: list[dict], grid: dict, metrics: list[str], path: Path) -> bool:
+    """Each metric against the first swept field (one line per combination of the others); log x when it spans 10x."""
+    ok = [r for r in rows if not r["error"]]
+    metrics = [m for m in metrics if any(isinstance(r.get(m), (int, float)) for r in ok)]
+    if not ok or not metrics:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_key, others = next(iter(grid)), list(grid)[1:]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        for combo in itertools.product(*(grid[k] for k in others)):
+            sel = [r for r in ok if all(r.get(k) == v for k, v in zip(others, combo))]
+            pts = sorted((r[x_key], r[metric]) for r in sel if isinstance(r.get(metric), (int, float)))
+            if pts:
+                label = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in zip(others, combo)) or None
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        xs = [r[x_key] for r in ok if isinstance(r[x_key], (int, float))]
+        if xs and min(xs) > 0 and max(xs) / min(xs) >= 10:
+            ax.set_xscale("log")
+        values = [r[metric] for r in ok if isinstance(r.get(metric), (int, float))]
+        if all(0 <= v <= 1 for v in values):  # a rate: show it on its full scale
+            ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel(x_key)
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        if others:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _log_to_mlflow(cfg: TRCEConfig, trials: list[Trial], rows: list[dict], out: Path) -> None:
+    from .tracking import track
+
+    by_name = {r["trial"]: r for r in rows}
+    with track(cfg, "sweep", run_name=f"sweep {out.name}") as parent:
+        for t in trials:
+            row = by_name[t.name]
+            with track(t.cfg, "sweep-trial", run_name=t.name, parent_run_id=parent.run_id,
+                       tags={"trce.sweep": out.name, "trce.error": row["error"][:500]}) as run:
+                run.log_metrics({k: v for k, v in row.items() if k not in t.params and isinstance(v, (int, float))})
+        for name in ("sweep.csv", "sweep.md", "sweep.png"):
+            if (out / name).is_file():
+                parent.log_artifact(out / name)
+
+
+def run_sweep(cfg: TRCEConfig, output: str | Path, overwrite: bool = False, resume: bool = False,
+              progress: bool = True) -> SweepResult:
+    """Run every grid point of `cfg.sweep` as a Ray Tune trial and summarise them in `output`."""
+    from .stage2.pipeline import parse_stages
+
+    stages = parse_stages(cfg.sweep.stages)
+    trials = grid_trials(cfg)
+    if "text" in stages and any(t.cfg.stage1 is None for t in trials):
+        raise ConfigError("the sweep erases with stage 1 but the config has no stage1 section (--concept ...)")
+    check_eval_sets(cfg)
+    out = Path(output).expanduser().resolve()
+    if out.exists() and not (resume or overwrite):
+        raise TRCEError(f"output folder {out} already exists; pass --resume to continue that sweep or --overwrite")
+    if out.exists() and overwrite and not resume:
+        shutil.rmtree(out)
+    recorded = out / "sweep_config.yaml"
+    if resume and recorded.is_file() and recorded.read_text() != cfg.to_yaml():
+        raise TRCEError(f"{out} holds a sweep with another config; its finished trials do not apply (use --overwrite)")
+    out.mkdir(parents=True, exist_ok=True)
+    recorded.write_text(cfg.to_yaml())
+
+    from ray import tune
+
+    from .evaluation.dataflow import ensure_ray
+
+    ensure_ray()
+    root = out / TRIALS_DIR
+    specs = [{"name": t.name, "params": t.params, "cfg": t.cfg.model_dump(mode="json")} for t in trials]
+    progress_cb = _progress_callback(len(trials), progress)
+    tuner = tune.Tuner(
+        tune.with_resources(tune_trainable, {"cpu": cfg.sweep.trial_cpus, "gpu": cfg.sweep.trial_gpus}),
+        param_space={"trial": tune.grid_search(specs), "root": str(root), "stages": cfg.sweep.stages},
+        tune_config=tune.TuneConfig(
+            max_concurrent_trials=cfg.sweep.max_concurrent,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=0, callbacks=[progress_cb]),
+    )
+    grid = tuner.fit()
+    progress_cb.bar.close()
+    errors = {}
+    for result in grid:
+        if result.error is not None:
+            errors[result.config["trial"]["name"]] = str(result.error).strip().splitlines()[-1][:500]
+    rows = _collect(trials, root, errors)
+    write_table(rows, out)
+    write_plot(rows, cfg.sweep.grid, plot_metrics(cfg), out / "sweep.png")
+    best = _best(rows, cfg.sweep.metric, cfg.sweep.mode)
+    write_json(out / "sweep.json", {"rows": rows, "best": best, "metric": cfg.sweep.metric, "mode": cfg.sweep.mode})
+    _log_to_mlflow(cfg, trials, rows, out)
+    if all(r["error"] for r in rows):
+        raise TRCEError(f"every trial of the sweep failed; first error: {rows[0]['error']} (see {out}/sweep.csv)")
+    return SweepResult(out, rows, best)
