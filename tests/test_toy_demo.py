@@ -33,7 +33,7 @@ def demo_dir(tmp_path_factory):
 
 def test_results_json_has_one_row_per_model_with_the_contract_keys(demo_dir):
     results = json.loads((demo_dir / "results.json").read_text())
-    assert list(results["rows"]) == ["original", "TRCE(T)"]
+    assert list(results["rows"]) == ["original", "TRCE(T)", "TRCE(V)", "TRCE(T+V)"]
     for name, row in results["rows"].items():
         assert KEYS <= set(row), name
         for key in KEYS - {"fid_gen"}:

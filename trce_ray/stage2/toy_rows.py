@@ -2,33 +2,25 @@
 
 Settings are the paper's except `train.lr: 3e-4`: the toy UNet is ~1M parameters; at the paper's 1e-6 nothing moves
 and at 1e-3 it loses preservation (measured in docs/stage2.md, "Stage 2 on the toy world"). Sampling steps and
-guidance follow the demo's. The cache lives in the user's cache folder, so a second demo run reuses it.
+guidance follow the demo's. The trajectory cache goes into the demo output (`stage2-cache/`, a few MB), shared by
+both rows: it depends on the original model and the draws, not on the stage-1 edit.
 """
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-TOY_STAGE2 = {"train.lr": 3e-4, "train.num_workers": 0}
+TOY_TRAIN = {"lr": 3e-4, "num_workers": 0}  # in the demo's process: no worker start-up for a 1M-parameter UNet
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "trce-ray" / "trajectories"
-
-
-def toy_stage2_config(demo_cfg):
+def toy_stage2_config(demo_cfg, cache_root):
     """The demo's stage-1 config (same prompts, model and seed) plus the toy stage-2 settings."""
-    from ..config import load_config
+    from ..config import TRCEConfig
+    from ..config.base import validate
     from ..toy.rows import stage1_config
 
-    s1 = stage1_config(demo_cfg)
-    sections = {k: v for k, v in s1.model_dump(mode="json").items() if isinstance(v, dict)}
-    flat = {f"{sec}.{k}": v for sec, d in sections.items() for k, v in d.items() if v is not None}
-    return load_config(None, {
-        **flat, "seed": s1.seed, "cache.steps": demo_cfg.steps, "cache.guidance": demo_cfg.guidance,
-        "cache.root": str(cache_root()), **TOY_STAGE2,
-    })
+    data = stage1_config(demo_cfg).model_dump(mode="json")
+    data["cache"].update(steps=demo_cfg.steps, guidance=demo_cfg.guidance, root=str(cache_root))
+    data["train"].update(TOY_TRAIN)
+    return validate(TRCEConfig, data)
 
 
 def trce_v(ctx):
@@ -36,7 +28,7 @@ def trce_v(ctx):
     from ..erased import load_erased
     from .train import run_stage2
 
-    run_stage2(toy_stage2_config(ctx.cfg), ctx.folder, None, progress=ctx.progress)
+    run_stage2(toy_stage2_config(ctx.cfg, ctx.root / "stage2-cache"), ctx.folder, None, progress=ctx.progress)
     return load_erased(str(ctx.folder), device=ctx.cfg.device)
 
 
@@ -46,7 +38,7 @@ def trce_tv(ctx):
     from .pipeline import run_erase
     from .train import run_stage2
 
-    cfg = toy_stage2_config(ctx.cfg)
+    cfg = toy_stage2_config(ctx.cfg, ctx.root / "stage2-cache")
     stage1_dir = ctx.root / "TRCE(T)"
     if (stage1_dir / "stage1.safetensors").is_file():
         run_stage2(cfg, ctx.folder, stage1_dir, progress=ctx.progress)

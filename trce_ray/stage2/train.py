@@ -114,7 +114,7 @@ def run_stage2(cfg: TRCEConfig, output: str | Path, stage1_dir: str | Path | Non
         prompts={s.index: s.prompt for s in specs if s.kind == "malicious"},
         delta_metadata={"base_model": cfg.model.path, "stage": "2", "params": cfg.train.params,
                         "on_stage1": "yes" if delta_path else "no"},
-        local_checkpoints=str(storage / run_name / "local") if local else None,
+        progress=progress, local_checkpoints=str(storage / run_name / "local") if local else None,
         crash_at_step=crash_at_step, crash_marker=str(storage / run_name / "crashed") if crash_at_step else None,
     )
     storage.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,7 @@ class TrainJob:
     plan: DrawPlan
     prompts: dict[int, str]  # malicious trajectory index -> its prompt (c_m)
     delta_metadata: dict[str, str]
+    progress: bool = True  # worker 0's progress bar
     local_checkpoints: str | None = None  # Ray Train local mode (num_workers 0): checkpoint folders live here
     crash_at_step: int | None = None  # fault drill: rank 0 exits hard after this step, once (marker file below)
     crash_marker: str | None = None
@@ -278,7 +279,8 @@ class _Worker:
         plan, acc, every = self.job.plan, self.t.grad_accum, self.t.checkpoint_every
         draws = self._draws()
         ds = self.t.backend == "deepspeed"
-        bar = tqdm(total=plan.steps, initial=start, desc="stage 2", unit="step", disable=self.rank != 0)
+        bar = tqdm(total=plan.steps, initial=start, desc="stage 2", unit="step",
+                   disable=self.rank != 0 or not self.job.progress)
         for step in range(start, plan.steps):
             t0 = time.perf_counter()
             sums = np.zeros(3)

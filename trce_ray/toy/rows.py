@@ -48,6 +48,13 @@ def trce_t(ctx: RowContext):
     return load_erased(str(ctx.folder), device=ctx.cfg.device)
 
 
+def _stage2_rows() -> dict[str, Callable[[RowContext], Any]]:
+    from ..stage2.toy_rows import trce_tv, trce_v
+
+    return {"TRCE(V)": trce_v, "TRCE(T+V)": trce_tv}
+
+
 ROWS: dict[str, Callable[[RowContext], Any]] = {
     "TRCE(T)": trce_t,
+    **_stage2_rows(),
 }
