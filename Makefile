@@ -21,6 +21,7 @@ demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/trce-ray toy demo --output $(DEMO_OUT) --overwrite
 
 test: $(STAMP)
+	$(BIN)/ruff check trce_ray jobs tests bench tools
 	OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
 
 lint: $(STAMP)

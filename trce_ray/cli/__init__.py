@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"trce-ray {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"trce-ray {args.command}: interrupted; finished parts are kept and rerunning the same command picks them up", file=sys.stderr)
+        print(f"trce-ray {args.command}: interrupted; rerunning the command reuses finished parts", file=sys.stderr)
         return 130
     return int(result or 0)
 

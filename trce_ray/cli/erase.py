@@ -54,8 +54,10 @@ def run(args: argparse.Namespace) -> int:
     with track(cfg, "erase") as tracker:
         if stages != ("text",):
             from ..stage2.pipeline import run_erase
+            from ..stage2.train import log_training_curve
 
             r = run_erase(cfg, cfg.output, stages, overwrite=args.overwrite)
+            log_training_curve(tracker, r.output)
             version = log_erase_output(tracker, cfg, cfg.output, {"final_loss": r.final_loss})
             summary = f"stages {args.stages}, {len(r.delta_names)} stage-2 tensors, final loss {r.final_loss:.4g}"
         else:

@@ -83,13 +83,12 @@ def train_overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_stage2_config(args, train_overrides(args))
     quiet_threads()
-    from ..stage2.train import run_stage2, training_curve
+    from ..stage2.train import log_training_curve, run_stage2
     from ..tracking import log_erase_output, track
 
     with track(cfg, "train") as tracker:
         result = run_stage2(cfg, cfg.output, args.stage1, overwrite=args.overwrite)
-        for row in training_curve(result.output):
-            tracker.log_metrics({k: row[k] for k in ("loss", "erase", "preserve")}, step=row["step"])
+        log_training_curve(tracker, result.output)
         version = log_erase_output(tracker, cfg, result.output, {"final_loss": result.final_loss})
     if version is not None:
         print(f"registered {cfg.tracking.register_as} version {version} in the MLflow model registry")

@@ -172,6 +172,12 @@ def training_curve(folder: str | Path) -> list[dict]:
     return [json.loads(line) for line in (Path(folder) / METRICS_FILE).read_text().splitlines() if line]
 
 
+def log_training_curve(tracker, folder: str | Path) -> None:
+    """The per-step loss curve of a stage-2 output folder as MLflow metrics (a no-op tracker logs nothing)."""
+    for row in training_curve(folder):
+        tracker.log_metrics({k: row[k] for k in ("loss", "erase", "preserve")}, step=row["step"])
+
+
 def _remove_if_empty(*folders: Path) -> None:
     for f in folders:
         try:
