@@ -1,7 +1,8 @@
 # Two commands do all set-up on a fresh clone (the environment is created on first use):
 #   make demo   - the main job on the built-in toy model
 #   make test   - the test suite
-PYTHON ?= python3
+# The first interpreter torch 2.13 and Ray 2.60 support (3.10-3.12), else python3.
+PYTHON ?= $(shell for p in python3.11 python3.12 python3.10 python3; do command -v $$p >/dev/null && { echo $$p; break; }; done)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.trce-installed
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-.PHONY: setup demo test lint bench
+.PHONY: setup demo test lint
 setup: $(STAMP)
 
 demo: $(STAMP)
