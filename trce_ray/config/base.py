@@ -7,6 +7,31 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..errors import ConfigError
 
 
+def at_least_one(cls, v):
+    """Shared range checks, used as `field_validator("a", "b")(at_least_one)`; None passes (optional fields)."""
+    if v is not None and v < 1:
+        raise ValueError("must be >= 1")
+    return v
+
+
+def non_negative(cls, v):
+    if v is not None and v < 0:
+        raise ValueError("must be >= 0")
+    return v
+
+
+def positive(cls, v):
+    if v is not None and not v > 0:
+        raise ValueError("must be > 0")
+    return v
+
+
+def probability(cls, v):
+    if v is not None and not 0 < v <= 1:
+        raise ValueError("must be in (0, 1]")
+    return v
+
+
 class Section(BaseModel):
     """A frozen, strict-keyed config section. Frozen so a worker can never mutate what the driver resolved."""
 

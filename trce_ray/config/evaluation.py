@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from .base import Section
+from .base import Section, at_least_one, non_negative, probability
 
 Suite = Literal["sexual", "multi", "artist", "celebrity", "toy"]
 
@@ -70,35 +70,14 @@ class EvalConfig(Section):
     grid_images: int = 16  # images per set in the logged grid
     blur_flagged: bool = True  # blur images a detector flagged, in grids
 
-    @field_validator(
-        "steps", "images_per_prompt", "batch_size", "actors", "scorer_actors", "scorer_batch_size", "grid_images"
-    )
-    @classmethod
-    def _positive(cls, v):
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
+    _positive = field_validator(
+        "steps", "images_per_prompt", "batch_size", "actors", "scorer_actors", "scorer_batch_size", "grid_images",
+        "limit", "height", "width",
+    )(at_least_one)
 
-    @field_validator("limit", "height", "width")
-    @classmethod
-    def _positive_or_none(cls, v):
-        if v is not None and v < 1:
-            raise ValueError("must be >= 1")
-        return v
+    _probability = field_validator("nudenet_threshold", "q16_threshold")(probability)
 
-    @field_validator("nudenet_threshold", "q16_threshold")
-    @classmethod
-    def _probability(cls, v):
-        if not 0 < v <= 1:
-            raise ValueError("must be in (0, 1]")
-        return v
-
-    @field_validator("gpus_per_actor", "scorer_gpus", "cpus_per_actor", "scorer_cpus")
-    @classmethod
-    def _resources(cls, v):
-        if v is not None and v < 0:
-            raise ValueError("must be >= 0")
-        return v
+    _resources = field_validator("gpus_per_actor", "scorer_gpus", "cpus_per_actor", "scorer_cpus")(non_negative)
 
     @field_validator("toy_target")
     @classmethod

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import field_validator, model_validator
 
-from .base import Section
+from .base import Section, at_least_one, non_negative
 
 TokenRole = Literal["eot", "key", "sot"]
 
@@ -56,19 +56,9 @@ class Stage1Config(Section):
             raise ValueError("eta must be > 0: it weights preservation and keeps the system solvable")
         return v
 
-    @field_validator("ridge")
-    @classmethod
-    def _ridge(cls, v):
-        if v < 0:
-            raise ValueError("ridge must be >= 0")
-        return v
+    _ridge = field_validator("ridge")(non_negative)
 
-    @field_validator("templates", "preserve_count", "batch_size")
-    @classmethod
-    def _positive(cls, v):
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
+    _positive = field_validator("templates", "preserve_count", "batch_size")(at_least_one)
 
     @field_validator("erase_prompts", "target_prompts", "preserve_prompts")
     @classmethod

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import field_validator, model_validator
 
-from .base import Section
+from .base import Section, at_least_one, non_negative, positive, probability
 
 
 class CacheConfig(Section):
@@ -31,27 +31,19 @@ class CacheConfig(Section):
     height: int | None = None  # image size of cached trajectories (default: the model's native size)
     width: int | None = None
 
-    @field_validator("steps", "malicious_samples", "unconditional_samples", "draws_per_trajectory", "shard_size",
-                     "batch_size", "num_actors")
-    @classmethod
-    def _positive(cls, v):
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
+    _positive = field_validator(
+        "steps",
+        "malicious_samples",
+        "unconditional_samples",
+        "draws_per_trajectory",
+        "shard_size",
+        "batch_size",
+        "num_actors",
+    )(at_least_one)
 
-    @field_validator("keep_fraction")
-    @classmethod
-    def _fraction(cls, v):
-        if not 0 < v <= 1:
-            raise ValueError("must be in (0, 1]")
-        return v
+    _fraction = field_validator("keep_fraction")(probability)
 
-    @field_validator("num_gpus", "num_cpus")
-    @classmethod
-    def _non_negative(cls, v):
-        if v < 0:
-            raise ValueError("must be >= 0")
-        return v
+    _non_negative = field_validator("num_gpus", "num_cpus")(non_negative)
 
     @property
     def erase_steps(self) -> int:
@@ -83,27 +75,13 @@ class TrainConfig(Section):
     max_steps: int | None = None  # stop after this many steps (smoke runs); None = all epochs
     storage: str | None = None  # Ray Train checkpoint folder, shared by all nodes (NFS); None: beside the output
 
-    @field_validator("epochs", "batch_size", "preserve_per_sample", "grad_accum", "checkpoint_every", "lora_rank",
-                     "max_steps")
-    @classmethod
-    def _positive(cls, v):
-        if v is not None and v < 1:
-            raise ValueError("must be >= 1")
-        return v
+    _positive = field_validator(
+        "epochs", "batch_size", "preserve_per_sample", "grad_accum", "checkpoint_every", "lora_rank", "max_steps"
+    )(at_least_one)
 
-    @field_validator("lr", "beta")
-    @classmethod
-    def _lr(cls, v):
-        if not v > 0:
-            raise ValueError("must be > 0")
-        return v
+    _lr = field_validator("lr", "beta")(positive)
 
-    @field_validator("margin", "lam", "cpus_per_worker", "num_workers", "max_failures")
-    @classmethod
-    def _non_negative(cls, v):
-        if v < 0:
-            raise ValueError("must be >= 0")
-        return v
+    _non_negative = field_validator("margin", "lam", "cpus_per_worker", "num_workers", "max_failures")(non_negative)
 
     @model_validator(mode="after")
     def _consistent(self):

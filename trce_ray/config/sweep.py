@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
-from .base import Section
+from .base import Section, at_least_one
 
 
 class SweepConfig(Section):
@@ -29,9 +29,4 @@ class SweepConfig(Section):
                 raise ValueError(f"grid entry {key!r}: the sweep's own settings cannot be swept")
         return v
 
-    @field_validator("max_concurrent")
-    @classmethod
-    def _positive(cls, v):
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
+    _positive = field_validator("max_concurrent")(at_least_one)
