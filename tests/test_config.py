@@ -31,7 +31,8 @@ def test_range_and_type_errors_name_the_field(key, value, message):
 def test_optional_fields_accept_none_and_defaults_are_the_papers():
     cfg = load_config(None, {"model.path": "toy", "train.max_steps": None, "eval.limit": None})
     assert cfg.train.max_steps is None and cfg.eval.limit is None
-    assert (cfg.train.beta, cfg.train.margin, cfg.train.lam, cfg.train.lr, cfg.train.epochs) == (15.0, 0.01, 100.0, 1e-6, 3)
+    train = cfg.train
+    assert (train.beta, train.margin, train.lam, train.lr, train.epochs) == (15.0, 0.01, 100.0, 1e-6, 3)
     assert (cfg.cache.steps, cfg.cache.erase_steps, cfg.eval.nudenet_threshold) == (50, 25, 0.45)
 
 
