@@ -1,7 +1,8 @@
 """Tiny random-weight pipelines of each supported family, built from configs (no download), for tests and benches.
 
 They use CLIP's real BPE vocabulary (49,408 ids, bos 49406, eos 49407), so token roles behave exactly as in the
-published models, including multi-token words and [EoT] padding.
+published models, including multi-token words and [EoT] padding. SD3 and FLUX also get a T5 encoder with a T5-style
+tokenizer derived from CLIP's vocabulary (T5's own cannot be downloaded here; see `tokenizer.t5_tokenizer`).
 """
 
 from __future__ import annotations
@@ -10,13 +11,20 @@ import torch
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
+    SD3Transformer2DModel,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
-from .tokenizer import BOS_ID, CLIP_VOCAB_SIZE, EOS_ID, clip_tokenizer
+from .tokenizer import BOS_ID, CLIP_VOCAB_SIZE, EOS_ID, T5_VOCAB_SIZE, clip_tokenizer, t5_tokenizer
+
+FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 
 
 def tiny_text_config(hidden_size: int = 32, layers: int = 2, projection_dim: int | None = None) -> CLIPTextConfig:
@@ -133,3 +141,84 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def tiny_t5_encoder(d_model: int = 32) -> T5EncoderModel:
+    return T5EncoderModel(
+        T5Config(vocab_size=T5_VOCAB_SIZE, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4)
+    )
+
+
+def _flow_vae() -> AutoencoderKL:
+    """SD3/FLUX VAEs shift as well as scale their latents; the pipelines read both from the config."""
+    vae = tiny_vae()
+    vae.register_to_config(shift_factor=0.0609, scaling_factor=1.5035)
+    return vae
+
+
+def tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
+    """SD3 layout: two CLIP encoders and T5 joined into one token sequence read by `context_embedder` (no attn2)."""
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=16,
+        patch_size=1,
+        in_channels=4,
+        out_channels=4,
+        num_layers=2,
+        attention_head_dim=8,
+        num_attention_heads=4,
+        joint_attention_dim=32,  # = T5 d_model = the two CLIP widths concatenated
+        caption_projection_dim=32,
+        pooled_projection_dim=32,  # the two CLIP projections concatenated
+        pos_embed_max_size=32,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_flow_vae(),
+        text_encoder=tiny_text_encoder(tiny_text_config(16, projection_dim=16), with_projection=True),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=tiny_text_encoder(tiny_text_config(16, projection_dim=16), with_projection=True),
+        tokenizer_2=clip_tokenizer(pad_token="!"),
+        text_encoder_3=tiny_t5_encoder(32),
+        tokenizer_3=t5_tokenizer(),
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
+    """FLUX layout: CLIP gives the pooled vector, T5 the tokens read by `context_embedder`; 2x2 latent packing."""
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=16,  # 4 latent channels x 2x2 packing
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=(4, 4, 8),
+    )
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+        vae=_flow_vae(),
+        text_encoder=tiny_text_encoder(tiny_text_config(32)),
+        tokenizer=clip_tokenizer(),
+        text_encoder_2=tiny_t5_encoder(32),
+        tokenizer_2=t5_tokenizer(),
+        transformer=transformer,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def tiny_pipeline(family: str, seed: int = 0):
+    """A tiny random pipeline of `family` (one of FAMILIES)."""
+    if family in ("sd1", "sd2"):
+        return tiny_sd_pipeline(seed, family=family)
+    builders = {"sdxl": tiny_sdxl_pipeline, "sd3": tiny_sd3_pipeline, "flux": tiny_flux_pipeline}
+    if family not in builders:
+        raise ValueError(f"family must be one of {', '.join(FAMILIES)}; got {family!r}")
+    return builders[family](seed)
