@@ -23,7 +23,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check trce_ray jobs tests bench tools
+	$(BIN)/ruff format --check trce_ray jobs tests bench tools
 	OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu RAY_AUTH_MODE=disabled $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check trce_ray jobs tests bench tools
+	$(BIN)/ruff format --check trce_ray jobs tests bench tools

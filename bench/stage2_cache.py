@@ -39,8 +39,16 @@ def per_step(steps: int, n: int) -> None:
     pipe.scheduler = ddim_scheduler(pipe)
     adapter = adapter_for(pipe)
     counter = RowCounter(pipe.unet)
-    cfg = load_config(None, {"model.path": "unused", "stage1.concept": "sexual", "cache.steps": steps,
-                             "cache.malicious_samples": n, "cache.mode": "paper"})
+    cfg = load_config(
+        None,
+        {
+            "model.path": "unused",
+            "stage1.concept": "sexual",
+            "cache.steps": steps,
+            "cache.malicious_samples": n,
+            "cache.mode": "paper",
+        },
+    )
     _, specs = make_plan(cfg, [("a photo of a nude woman", "a photo of a clothed woman")])
     mal = [s for s in specs if s.kind == MALICIOUS]
     counter.rows = 0
@@ -51,31 +59,46 @@ def per_step(steps: int, n: int) -> None:
     plain = counter.rows
     kept = len(mal[0].record)
     print(f"per sampled step ({n} trajectories x {steps} DDIM steps, {kept} recorded each):")
-    print(f"  plain classifier-free sampling: {plain / (n * steps):.2f} rows/step; ours: {ours / (n * steps):.2f} "
-          f"rows/step -> {ours / plain:.2f}x over the trajectory; at a recorded step 3 vs 2 rows = 1.50x")
+    print(
+        f"  plain classifier-free sampling: {plain / (n * steps):.2f} rows/step; ours: {ours / (n * steps):.2f} "
+        f"rows/step -> {ours / plain:.2f}x over the trajectory; at a recorded step 3 vs 2 rows = 1.50x"
+    )
 
 
 def recipe(preserve: int, execute: list[str]) -> None:
     costs = {}
     for mode in ("planned", "paper"):
-        cfg = load_config(None, {"model.path": "unused", "stage1.concept": "sexual", "cache.mode": mode,
-                                 "train.preserve_per_sample": preserve})
+        cfg = load_config(
+            None,
+            {
+                "model.path": "unused",
+                "stage1.concept": "sexual",
+                "cache.mode": mode,
+                "train.preserve_per_sample": preserve,
+            },
+        )
         plan, specs = plan_for(cfg)
         costs[mode] = (plan, specs, sampling_cost(specs))
     plan = costs["planned"][0]
     draws = plan.erase_item.size
-    print(f"\nsexual recipe, R={preserve} preservation draw(s) per erase draw: {plan.steps} steps, {draws} erase + "
-          f"{plan.preserve_item.size} preservation draws")
+    print(
+        f"\nsexual recipe, R={preserve} preservation draw(s) per erase draw: {plan.steps} steps, {draws} erase + "
+        f"{plan.preserve_item.size} preservation draws"
+    )
     for mode, (_, specs, rows) in costs.items():
         n_m = sum(s.kind == MALICIOUS for s in specs)
-        print(f"  {mode:8s}: {n_m} malicious + {len(specs) - n_m} unconditional trajectories, "
-              f"{sum(s.depth for s in specs)} sampled steps, {rows} denoiser rows"
-              f" ({rows / draws + 2 + preserve:.1f} rows per erase draw with training)")
+        print(
+            f"  {mode:8s}: {n_m} malicious + {len(specs) - n_m} unconditional trajectories, "
+            f"{sum(s.depth for s in specs)} sampled steps, {rows} denoiser rows"
+            f" ({rows / draws + 2 + preserve:.1f} rows per erase draw with training)"
+        )
     print(f"  planned / paper counts: {costs['planned'][2] / costs['paper'][2]:.3f}x")
     mal = [s for s in costs["planned"][1] if s.kind == MALICIOUS]
     steps = sum(s.depth for s in mal)
-    print(f"  planned malicious trajectories: {sampling_cost(mal) / steps:.2f} rows per sampled step vs 2.00 for plain"
-          f" classifier-free sampling ({sampling_cost(mal) / (2 * steps):.2f}x)")
+    print(
+        f"  planned malicious trajectories: {sampling_cost(mal) / steps:.2f} rows per sampled step vs 2.00 for plain"
+        f" classifier-free sampling ({sampling_cost(mal) / (2 * steps):.2f}x)"
+    )
     for mode in execute:
         specs = costs[mode][1]
         pipe = tiny_sd_pipeline(0)
@@ -85,8 +108,10 @@ def recipe(preserve: int, execute: list[str]) -> None:
         for kind in ("malicious", "unconditional"):
             group = [s for s in specs if s.kind == kind]
             sample_trajectories(adapter, group, 50, 7.5, adapter.latent_shape(), 32)
-        print(f"  executed {mode} on the tiny UNet: {counter.rows} rows counted by the hook "
-              f"(plan says {costs[mode][2]}), {time.perf_counter() - t0:.0f} s")
+        print(
+            f"  executed {mode} on the tiny UNet: {counter.rows} rows counted by the hook "
+            f"(plan says {costs[mode][2]}), {time.perf_counter() - t0:.0f} s"
+        )
 
 
 def main() -> None:

@@ -48,10 +48,16 @@ def _sd_layout_unet():
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(64, 128, 256, 256),
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        layers_per_block=2,
+        block_out_channels=(64, 128, 256, 256),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
     )
 
 
@@ -133,9 +139,14 @@ class Bench:
         t = torch.cat([self.t_m, self.t_m, self.t_m, self.t_u])
         with torch.no_grad():
             out = self.ref(z, t, encoder_hidden_states=cond.hidden).sample
-        m = {"z": self.z_m, "t": self.t_m, "eps_cond": out[:b], "eps_safe": out[b:2 * b],
-             "eps_uncond": out[2 * b:3 * b]}
-        return m, {"z": self.z_u, "t": self.t_u, "eps_uncond": out[3 * b:]}
+        m = {
+            "z": self.z_m,
+            "t": self.t_m,
+            "eps_cond": out[:b],
+            "eps_safe": out[b : 2 * b],
+            "eps_uncond": out[2 * b : 3 * b],
+        }
+        return m, {"z": self.z_u, "t": self.t_u, "eps_uncond": out[3 * b :]}
 
     def _update(self, loss):
         loss.total.backward()
@@ -144,8 +155,9 @@ class Bench:
 
     def ours(self):
         m, u = self.cached
-        self._update(cached_draws_loss(self.adapter, self.c_m, self.empty, m, u, self.t.beta, self.t.margin,
-                                       self.t.lam))
+        self._update(
+            cached_draws_loss(self.adapter, self.c_m, self.empty, m, u, self.t.beta, self.t.margin, self.t.lam)
+        )
 
     def ours_checkpointed(self):
         self.adapter.denoiser.enable_gradient_checkpointing()
@@ -164,7 +176,7 @@ class Bench:
             c_m, c_s, e = (self.adapter.condition([p]).hidden for p in (PROMPT_M, PROMPT_S, ""))
         preds, refs = {"c": [], "u": [], "p": []}, {"m": [], "s": [], "u": [], "p": []}
         for i in range(len(self.z_m)):
-            z, tt = self.z_m[i:i + 1], self.t_m[i:i + 1]
+            z, tt = self.z_m[i : i + 1], self.t_m[i : i + 1]
             with torch.no_grad():
                 refs["m"].append(ref(z, tt, encoder_hidden_states=c_m).sample)
                 refs["s"].append(ref(z, tt, encoder_hidden_states=c_s).sample)
@@ -172,14 +184,23 @@ class Bench:
             preds["c"].append(ft(z, tt, encoder_hidden_states=c_m).sample)
             preds["u"].append(ft(z, tt, encoder_hidden_states=e).sample)
         for i in range(len(self.z_u)):
-            z, tt = self.z_u[i:i + 1], self.t_u[i:i + 1]
+            z, tt = self.z_u[i : i + 1], self.t_u[i : i + 1]
             with torch.no_grad():
                 refs["p"].append(ref(z, tt, encoder_hidden_states=e).sample)
             preds["p"].append(ft(z, tt, encoder_hidden_states=e).sample)
         cat = {k: torch.cat(v) for k, v in {**preds, **{"r" + k: v for k, v in refs.items()}}.items()}
-        self._update(stage2_loss(cat["c"], cat["u"], cat["p"],
-                                 {"eps_uncond": cat["ru"], "eps_cond": cat["rm"], "eps_safe": cat["rs"]},
-                                 {"eps_uncond": cat["rp"]}, t.beta, t.margin, t.lam))
+        self._update(
+            stage2_loss(
+                cat["c"],
+                cat["u"],
+                cat["p"],
+                {"eps_uncond": cat["ru"], "eps_cond": cat["rm"], "eps_safe": cat["rs"]},
+                {"eps_uncond": cat["rp"]},
+                t.beta,
+                t.margin,
+                t.lam,
+            )
+        )
 
     def rows_per_draw(self, step) -> float:
         self.counter.rows = 0
@@ -205,10 +226,12 @@ def run(size: str, repeats: int, batch: int, preserve: int, device: str) -> dict
         step()
     rows = {k: b.rows_per_draw(s) for k, s in steps.items()}
     text = b.pipe.text_encoder
-    peak = {"ours": b.peak_bytes(b.ours, [b.adapter.denoiser]),
-            "ours+ckpt": b.peak_bytes(b.ours_checkpointed, [b.adapter.denoiser]),
-            "batched": b.peak_bytes(b.batched, [b.adapter.denoiser, b.ref]),
-            "paper": b.peak_bytes(b.paper, [b.adapter.denoiser, b.ref, text])}
+    peak = {
+        "ours": b.peak_bytes(b.ours, [b.adapter.denoiser]),
+        "ours+ckpt": b.peak_bytes(b.ours_checkpointed, [b.adapter.denoiser]),
+        "batched": b.peak_bytes(b.batched, [b.adapter.denoiser, b.ref]),
+        "paper": b.peak_bytes(b.paper, [b.adapter.denoiser, b.ref, text]),
+    }
     times = {k: [] for k in steps}
     for _ in range(repeats):
         for k, step in steps.items():
@@ -221,8 +244,14 @@ def run(size: str, repeats: int, batch: int, preserve: int, device: str) -> dict
             times[k].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
     params = sum(p.numel() for p in b.ref.parameters())
-    return {"size": size, "params": params, "latent": b.adapter.latent_shape(), "rows": rows, "ms": med,
-            "peak_mib": {k: v / 2**20 for k, v in peak.items()}}
+    return {
+        "size": size,
+        "params": params,
+        "latent": b.adapter.latent_shape(),
+        "rows": rows,
+        "ms": med,
+        "peak_mib": {k: v / 2**20 for k, v in peak.items()},
+    }
 
 
 def main() -> None:
@@ -233,19 +262,25 @@ def main() -> None:
     ap.add_argument("--preserve", type=int, default=1, help="preservation draws per erase draw (authors: 4)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args()
-    print(f"device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, preserve R={args.preserve}, "
-          f"{args.repeats} interleaved repeats (median)")
+    print(
+        f"device {args.device}, threads {torch.get_num_threads()}, batch {args.batch}, preserve R={args.preserve}, "
+        f"{args.repeats} interleaved repeats (median)"
+    )
     print("| UNet | params | latent | step | denoiser rows / erase draw | step time (ms) | peak memory (MiB) |")
     print("|---|---|---|---|---|---|---|")
     for size in args.sizes:
         r = run(size, args.repeats, args.batch, args.preserve, args.device)
         for k in ("ours", "ours+ckpt", "paper", "batched"):
-            print(f"| {size} | {r['params'] / 1e6:.1f}M | {'x'.join(map(str, r['latent']))} | {k} | {r['rows'][k]:g} "
-                  f"| {r['ms'][k] * 1e3:.1f} | {r['peak_mib'][k]:.1f} |")
+            print(
+                f"| {size} | {r['params'] / 1e6:.1f}M | {'x'.join(map(str, r['latent']))} | {k} | {r['rows'][k]:g} "
+                f"| {r['ms'][k] * 1e3:.1f} | {r['peak_mib'][k]:.1f} |"
+            )
         for ours, base in (("ours", "paper"), ("ours", "batched"), ("ours+ckpt", "paper"), ("ours+ckpt", "batched")):
-            print(f"  {size}: {ours} / {base}: time {r['ms'][ours] / r['ms'][base]:.2f}x, "
-                  f"peak memory {r['peak_mib'][ours] / r['peak_mib'][base]:.2f}x, "
-                  f"rows {r['rows'][ours] / r['rows'][base]:.2f}x")
+            print(
+                f"  {size}: {ours} / {base}: time {r['ms'][ours] / r['ms'][base]:.2f}x, "
+                f"peak memory {r['peak_mib'][ours] / r['peak_mib'][base]:.2f}x, "
+                f"rows {r['rows'][ours] / r['rows'][base]:.2f}x"
+            )
 
 
 if __name__ == "__main__":

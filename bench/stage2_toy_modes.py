@@ -33,8 +33,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--modes", nargs="+", default=["planned", "paper"], choices=["planned", "paper"])
-    ap.add_argument("--set", dest="sets", action="append", default=["train.lr=3e-4"],
-                    metavar="KEY=VALUE", help="stage-2 config overrides (default: the toy demo's lr 3e-4)")
+    ap.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=["train.lr=3e-4"],
+        metavar="KEY=VALUE",
+        help="stage-2 config overrides (default: the toy demo's lr 3e-4)",
+    )
     ap.add_argument("--work", default=None, help="folder for caches and outputs (default: a temporary folder)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -53,24 +59,45 @@ def main() -> None:
     print(json.dumps({"row": "original", **original}), flush=True)
     s1 = stage1_config(demo)
     run_stage1(s1, work / "s1", pipe=base, overwrite=True, progress=False)
-    print(json.dumps({"row": "TRCE(T)", **evaluate(load_erased(str(work / "s1"), device="cpu"), reference)[0]}),
-          flush=True)
+    print(
+        json.dumps({"row": "TRCE(T)", **evaluate(load_erased(str(work / "s1"), device="cpu"), reference)[0]}),
+        flush=True,
+    )
     sections = {k: v for k, v in s1.model_dump(mode="json").items() if isinstance(v, dict)}
     flat = {f"{sec}.{k}": v for sec, d in sections.items() for k, v in d.items() if v is not None}
     for seed in args.seeds:
         for mode in args.modes:
-            over = {**flat, "seed": seed, "cache.steps": demo.steps, "cache.guidance": demo.guidance,
-                    "cache.root": str(work / "cache"), "cache.mode": mode, "train.num_workers": 0,
-                    **dict(parse_set(s) for s in args.sets)}
+            over = {
+                **flat,
+                "seed": seed,
+                "cache.steps": demo.steps,
+                "cache.guidance": demo.guidance,
+                "cache.root": str(work / "cache"),
+                "cache.mode": mode,
+                "train.num_workers": 0,
+                **dict(parse_set(s) for s in args.sets),
+            }
             cfg = load_config(None, over)
             for name, stage1_dir in (("TRCE(V)", None), ("TRCE(T+V)", work / "s1")):
                 t0 = time.perf_counter()
                 res = run_stage2(cfg, work / "out", stage1_dir, overwrite=True, progress=False)
                 seconds = time.perf_counter() - t0
                 metrics, _ = evaluate(load_erased(str(work / "out"), device="cpu"), reference)
-                print(json.dumps({"row": name, "mode": mode, "seed": seed, **metrics,
-                                  "cache_rows": res.cache.denoiser_rows, "cache_reused": res.cache.reused,
-                                  "cache_s": round(res.cache.seconds, 1), "stage2_s": round(seconds, 1)}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "row": name,
+                            "mode": mode,
+                            "seed": seed,
+                            **metrics,
+                            "cache_rows": res.cache.denoiser_rows,
+                            "cache_reused": res.cache.reused,
+                            "cache_s": round(res.cache.seconds, 1),
+                            "stage2_s": round(seconds, 1),
+                        }
+                    ),
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

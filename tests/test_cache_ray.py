@@ -72,7 +72,11 @@ def test_cache_killed_actor_redone_once_then_reused_and_resumed(tmp_path, tiny_s
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
     # anything that changes the content changes the address
-    changes = ({"cache.guidance": 3.0}, {"cache.store_dtype": "float16"}, {"cache.steps": 9},
-               {"model.dtype": "float16"})
+    changes = (
+        {"cache.guidance": 3.0},
+        {"cache.store_dtype": "float16"},
+        {"cache.steps": 9},
+        {"model.dtype": "float16"},
+    )
     for change in changes:
         assert cache_dir_for(stage2_config(tmp_path, tiny_sd_dir, **change), specs) != info.path

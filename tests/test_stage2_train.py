@@ -34,8 +34,10 @@ def world(tmp_path_factory, tiny_sd_dir, ray_cluster):
 
 
 def _metrics(folder: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(x).items() if k != "seconds"}
-            for x in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(x).items() if k != "seconds"}
+        for x in (folder / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def test_ddp_output_is_a_delta_on_stage1_and_nothing_else_moves(world):
@@ -74,8 +76,9 @@ def test_killed_run_resumes_to_the_same_weights(world):
 @pytest.mark.parametrize("stage", [1, 2])
 def test_deepspeed_zero_matches_ddp(world, stage):
     tmp, cfg, ref = world
-    ds_cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"backend": "deepspeed",
-                                                                          "zero_stage": stage})})
+    ds_cfg = cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"backend": "deepspeed", "zero_stage": stage})}
+    )
     out = run_stage2(ds_cfg, tmp / f"zero{stage}", tmp / "s1", progress=False)
     a, b = load_file(ref.output / "stage2.safetensors"), load_file(out.output / "stage2.safetensors")
     assert a.keys() == b.keys()
@@ -86,8 +89,9 @@ def test_deepspeed_zero_matches_ddp(world, stage):
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(world):
     tmp, cfg, _ = world
-    bad = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 1e12, "checkpoint_every": 1,
-                                                                        "num_workers": 0})})  # in-process
+    bad = cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"lr": 1e12, "checkpoint_every": 1, "num_workers": 0})}
+    )  # in-process
     out = tmp / "nan"
     with pytest.raises(TRCEError, match=r"loss is (nan|inf) at step [2-9].*last good checkpoint is step") as err:
         run_stage2(bad, out, tmp / "s1", progress=False)
@@ -138,8 +142,16 @@ def _hand_written_run(cfg, stage1_file, model_dir):
     t = cfg.train
     for step in range(plan.steps):
         e_item, e_step, p_item, p_step = plan.share(step, 0, 1, 0, 1)
-        loss = cached_draws_loss(adapter, adapter.condition([prompt[int(i)] for i in e_item]), adapter.condition([""]),
-                                 rows_m.gather(e_item, e_step), rows_u.gather(p_item, p_step), t.beta, t.margin, t.lam)
+        loss = cached_draws_loss(
+            adapter,
+            adapter.condition([prompt[int(i)] for i in e_item]),
+            adapter.condition([""]),
+            rows_m.gather(e_item, e_step),
+            rows_u.gather(p_item, p_step),
+            t.beta,
+            t.margin,
+            t.lam,
+        )
         loss.total.backward()
         opt.step()
         opt.zero_grad()
@@ -153,8 +165,9 @@ def test_worker_loop_equals_a_hand_written_loop(world, tiny_sd_dir, accum):
     tmp, cfg, _ = world
     one = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 0})})
     start, expected = _hand_written_run(one, tmp / "s1" / "stage1.safetensors", tiny_sd_dir)
-    run_cfg = one.model_copy(update={"train": one.train.model_copy(update={"batch_size": 2 // accum,
-                                                                            "grad_accum": accum})})
+    run_cfg = one.model_copy(
+        update={"train": one.train.model_copy(update={"batch_size": 2 // accum, "grad_accum": accum})}
+    )
     out = run_stage2(run_cfg, tmp / f"local-accum{accum}", tmp / "s1", progress=False)
     assert out.cache.reused  # same draws, same cache
     got = load_delta(out.output / "stage2.safetensors")

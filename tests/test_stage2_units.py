@@ -26,12 +26,21 @@ def stage2_config(tmp_path, model_dir, **overrides):
         files[name] = tmp_path / f"{name}.txt"
         files[name].write_text("\n".join(lines) + "\n")
     base = {
-        "model.path": str(model_dir), "model.device": "cpu",
-        "stage1.erase_prompts": str(files["erase"]), "stage1.target_prompts": str(files["target"]),
-        "stage1.preserve_prompts": str(files["keep"]), "stage1.ridge": 1e-4,
-        "cache.steps": 8, "cache.malicious_samples": 4, "cache.root": str(tmp_path / "cache"),
-        "cache.shard_size": 2, "cache.batch_size": 4,
-        "train.batch_size": 2, "train.epochs": 2, "train.lr": 1e-3, "train.checkpoint_every": 2,
+        "model.path": str(model_dir),
+        "model.device": "cpu",
+        "stage1.erase_prompts": str(files["erase"]),
+        "stage1.target_prompts": str(files["target"]),
+        "stage1.preserve_prompts": str(files["keep"]),
+        "stage1.ridge": 1e-4,
+        "cache.steps": 8,
+        "cache.malicious_samples": 4,
+        "cache.root": str(tmp_path / "cache"),
+        "cache.shard_size": 2,
+        "cache.batch_size": 4,
+        "train.batch_size": 2,
+        "train.epochs": 2,
+        "train.lr": 1e-3,
+        "train.checkpoint_every": 2,
     }
     return load_config(None, {**base, **overrides})
 
@@ -42,6 +51,7 @@ PAIRS = [(e.replace("[", "").replace("]", ""), s.replace("[", "").replace("]", "
 # ---- loss ----------------------------------------------------------------------------------------
 def _reference_loss(pc, pu, pp, eu, ec, es, uu, beta, margin, lam):
     """Eq. 6-9 written out element by element in float64 numpy."""
+
     def d(a, b):
         return float(((a - b) ** 2).sum() / a.size)
 
@@ -62,10 +72,20 @@ def test_loss_matches_paper_equations_in_float64():
     t = {k: torch.randn(shape, generator=g, dtype=torch.float64) for k in ("pc", "pu", "eu", "ec", "es")}
     # a near-safe prediction so one hinge is inactive and the max(., 0) branch is exercised both ways
     t["pu"][1] = t["eu"][1] + 15 * (t["es"][1] - t["eu"][1])
-    pp, uu = torch.randn((2, 4, 5, 5), generator=g, dtype=torch.float64), torch.randn((2, 4, 5, 5), generator=g,
-                                                                                     dtype=torch.float64)
-    out = stage2_loss(t["pc"], t["pu"], pp, {"eps_uncond": t["eu"], "eps_cond": t["ec"], "eps_safe": t["es"]},
-                      {"eps_uncond": uu}, beta=15.0, margin=0.01, lam=100.0)
+    pp, uu = (
+        torch.randn((2, 4, 5, 5), generator=g, dtype=torch.float64),
+        torch.randn((2, 4, 5, 5), generator=g, dtype=torch.float64),
+    )
+    out = stage2_loss(
+        t["pc"],
+        t["pu"],
+        pp,
+        {"eps_uncond": t["eu"], "eps_cond": t["ec"], "eps_safe": t["es"]},
+        {"eps_uncond": uu},
+        beta=15.0,
+        margin=0.01,
+        lam=100.0,
+    )
     arrays = (x.numpy() for x in (t["pc"], t["pu"], pp, t["eu"], t["ec"], t["es"], uu))
     ref = _reference_loss(*arrays, 15.0, 0.01, 100.0)
     assert out.total.item() == pytest.approx(ref[0], rel=1e-12)
@@ -85,8 +105,9 @@ def test_loss_gradient_points_from_unsafe_to_safe():
 
 # ---- plan ----------------------------------------------------------------------------------------
 def test_plan_draws_each_trajectory_once_per_epoch_at_early_steps(tmp_path, tiny_sd_dir):
-    cfg = stage2_config(tmp_path, tiny_sd_dir, **{"cache.malicious_samples": 6, "train.epochs": 3,
-                                                  "train.preserve_per_sample": 2})
+    cfg = stage2_config(
+        tmp_path, tiny_sd_dir, **{"cache.malicious_samples": 6, "train.epochs": 3, "train.preserve_per_sample": 2}
+    )
     plan, specs = make_plan(cfg, PAIRS)
     assert plan.steps == 3 * 6 // 2
     assert np.bincount(plan.erase_item.ravel(), minlength=6).tolist() == [3] * 6
@@ -115,8 +136,9 @@ def test_plan_paper_mode_keeps_paper_counts(tmp_path, tiny_sd_dir):
 
 
 def test_plan_shares_split_every_step_exactly(tmp_path, tiny_sd_dir):
-    cfg = stage2_config(tmp_path, tiny_sd_dir, **{"train.batch_size": 4, "train.grad_accum": 2,
-                                                  "cache.malicious_samples": 8})
+    cfg = stage2_config(
+        tmp_path, tiny_sd_dir, **{"train.batch_size": 4, "train.grad_accum": 2, "cache.malicious_samples": 8}
+    )
     plan, _ = make_plan(cfg, PAIRS)
     for step in range(plan.steps):
         got = sorted(int(i) for micro in range(2) for rank in range(2) for i in plan.share(step, micro, 2, rank, 2)[0])

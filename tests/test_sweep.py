@@ -20,7 +20,9 @@ def _cfg(**grid):
 def test_grid_expands_every_combination_with_validated_configs():
     trials = grid_trials(_cfg(**{"stage1.eta": [0.1, 1.0], "stage1.tokens": [["eot"], ["eot", "key"]]}))
     assert [t.name for t in trials] == [
-        "t00-eta=0.1,tokens=-eot-", "t01-eta=0.1,tokens=-eot-,-key-", "t02-eta=1.0,tokens=-eot-",
+        "t00-eta=0.1,tokens=-eot-",
+        "t01-eta=0.1,tokens=-eot-,-key-",
+        "t02-eta=1.0,tokens=-eot-",
         "t03-eta=1.0,tokens=-eot-,-key-",
     ]
     assert trials[3].cfg.stage1.eta == 1.0 and trials[3].cfg.stage1.tokens == ["eot", "key"]
@@ -49,12 +51,36 @@ def test_parse_grid_item():
 
 
 def _sweep(out, tracking, *extra):
-    return main([
-        "sweep", "--model", "toy", "--concept", "toy-red", "--preserve-prompts", str(preserve_file("red")),
-        "--grid", "stage1.eta=0.05,2", "--suite", "toy", "--metric", "toy/direct", "--tracking-uri", tracking,
-        "--set", "eval.steps=10", "--set", "eval.limit=8", "--set", "eval.cpus_per_actor=0.5",
-        "--set", "eval.scorer_cpus=0.5", "--output", str(out), *extra,
-    ])
+    return main(
+        [
+            "sweep",
+            "--model",
+            "toy",
+            "--concept",
+            "toy-red",
+            "--preserve-prompts",
+            str(preserve_file("red")),
+            "--grid",
+            "stage1.eta=0.05,2",
+            "--suite",
+            "toy",
+            "--metric",
+            "toy/direct",
+            "--tracking-uri",
+            tracking,
+            "--set",
+            "eval.steps=10",
+            "--set",
+            "eval.limit=8",
+            "--set",
+            "eval.cpus_per_actor=0.5",
+            "--set",
+            "eval.scorer_cpus=0.5",
+            "--output",
+            str(out),
+            *extra,
+        ]
+    )
 
 
 def test_sweep_runs_each_point_summarises_logs_and_resumes(ray_cluster, tmp_path, capsys):
@@ -93,7 +119,20 @@ def test_sweep_runs_each_point_summarises_logs_and_resumes(ray_cluster, tmp_path
 
 def test_bad_eval_set_fails_before_anything_is_written(tmp_path, capsys):
     out = tmp_path / "sweep"
-    rc = main(["sweep", "--model", "toy", "--concept", "toy-red", "--grid", "stage1.eta=1", "--sets", "no-such-set",
-               "--output", str(out)])
+    rc = main(
+        [
+            "sweep",
+            "--model",
+            "toy",
+            "--concept",
+            "toy-red",
+            "--grid",
+            "stage1.eta=1",
+            "--sets",
+            "no-such-set",
+            "--output",
+            str(out),
+        ]
+    )
     assert rc == 2 and "unknown prompt set 'no-such-set'" in capsys.readouterr().err
     assert not out.exists()

@@ -24,8 +24,14 @@ def test_builder_is_deterministic_and_generates(family):
     other = _denoiser(tiny_pipeline(family, seed=4)).state_dict()
     assert any(not torch.equal(sa[k], other[k]) for k in sa)
 
-    image = a("a photo of nudity", num_inference_steps=2, height=32, width=32, output_type="np",
-              generator=torch.Generator().manual_seed(0)).images
+    image = a(
+        "a photo of nudity",
+        num_inference_steps=2,
+        height=32,
+        width=32,
+        output_type="np",
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert image.shape == (1, 32, 32, 3) and np.isfinite(image).all()
 
 
@@ -42,11 +48,14 @@ def test_text_reaches_the_denoiser_where_stage1_expects(family):
 def test_t5_style_tokenizer_roles():
     tok = t5_tokenizer()
     assert len(tok) == T5_VOCAB_SIZE and (tok.pad_token_id, tok.eos_token_id) == (0, 1)
-    ids = tok(["a photo of nudity", "a person wearing clothes"], padding="max_length", max_length=12,
-              return_tensors="pt").input_ids
+    ids = tok(
+        ["a photo of nudity", "a person wearing clothes"], padding="max_length", max_length=12, return_tensors="pt"
+    ).input_ids
     pieces = tok.convert_ids_to_tokens(ids[0])
     assert pieces[:3] == ["\u2581a", "\u2581photo", "\u2581of"]
-    assert "".join(pieces[3:first_eot_index(ids, 1)[0]]) == "\u2581nudity" and pieces[4] != "</s>"  # multi-piece word
+    assert (
+        "".join(pieces[3 : first_eot_index(ids, 1)[0]]) == "\u2581nudity" and pieces[4] != "</s>"
+    )  # multi-piece word
     assert first_eot_index(ids, 1).tolist() == [6, 4]  # no start token; </s> right after the last piece
     assert (ids[0, 7:] == 0).all() and (ids[1, 5:] == 0).all()
     text = "The colour of a ripe tomato! (4 shapes; 100% red)"

@@ -255,16 +255,22 @@ def _log_to_mlflow(cfg: TRCEConfig, trials: list[Trial], rows: list[dict], out: 
     with track(cfg, "sweep", run_name=f"sweep {out.name}") as parent:
         for t in trials:
             row = by_name[t.name]
-            with track(t.cfg, "sweep-trial", run_name=t.name, parent_run_id=parent.run_id,
-                       tags={"trce.sweep": out.name, "trce.error": row["error"][:500]}) as run:
+            with track(
+                t.cfg,
+                "sweep-trial",
+                run_name=t.name,
+                parent_run_id=parent.run_id,
+                tags={"trce.sweep": out.name, "trce.error": row["error"][:500]},
+            ) as run:
                 run.log_metrics({k: v for k, v in row.items() if k not in t.params and isinstance(v, (int, float))})
         for name in ("sweep.csv", "sweep.md", "sweep.png"):
             if (out / name).is_file():
                 parent.log_artifact(out / name)
 
 
-def run_sweep(cfg: TRCEConfig, output: str | Path, overwrite: bool = False, resume: bool = False,
-              progress: bool = True) -> SweepResult:
+def run_sweep(
+    cfg: TRCEConfig, output: str | Path, overwrite: bool = False, resume: bool = False, progress: bool = True
+) -> SweepResult:
     """Run every grid point of `cfg.sweep` as a Ray Tune trial and summarise them in `output`."""
     from .stage2.pipeline import parse_stages
 

@@ -17,10 +17,12 @@ An interrupted run resumes shard by shard; a complete cache is reused as is.
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "cache", help="stage 2: sample and store the original model's trajectories (Ray Data)", epilog=EXAMPLES,
+        "cache",
+        help="stage 2: sample and store the original model's trajectories (Ray Data)",
+        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Plan every training draw, then sample the original model's DDIM trajectories only as deep as "
-                    "those draws and store z_t, t and the reference predictions in parquet shards.",
+        "those draws and store z_t, t and the reference predictions in parquet shards.",
     )
     add_config_flags(p, output_required=False)
     add_source_flags(p)
@@ -36,6 +38,8 @@ def run(args: argparse.Namespace) -> int:
     plan, specs = plan_for(cfg)
     info = build_cache(cfg, specs)
     state = "reused (complete)" if info.reused else f"{info.shards_built} of {info.shards_total} shards built"
-    print(f"cache {info.path}: {state}; {len(specs)} trajectories for {plan.steps} training steps, "
-          f"{info.denoiser_rows} denoiser evaluations")
+    print(
+        f"cache {info.path}: {state}; {len(specs)} trajectories for {plan.steps} training steps, "
+        f"{info.denoiser_rows} denoiser evaluations"
+    )
     return 0

@@ -22,8 +22,11 @@ def add_source_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concept", metavar="NAME", help="concept pack whose prompts make trajectories (stage1.concept)")
     g = p.add_argument_group("trajectory cache")
     g.add_argument("--cache-root", metavar="DIR", help="folder holding caches, shared by all nodes (cache.root)")
-    g.add_argument("--cache-mode", choices=["planned", "paper"],
-                   help="planned: sample only what training draws (default); paper: 100 + 2000 full trajectories")
+    g.add_argument(
+        "--cache-mode",
+        choices=["planned", "paper"],
+        help="planned: sample only what training draws (default); paper: 100 + 2000 full trajectories",
+    )
     g.add_argument("--num-actors", type=int, help="Ray Data actors sampling trajectories (cache.num_actors)")
     g.add_argument("--gpus-per-actor", type=float, help="GPUs per cache actor (cache.num_gpus)")
 
@@ -49,10 +52,12 @@ def resolve_stage2_config(args: argparse.Namespace, overrides: dict):
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
-        "train", help="stage 2: steer early denoising away from the concept (Ray Train)", epilog=EXAMPLES,
+        "train",
+        help="stage 2: steer early denoising away from the concept (Ray Train)",
+        epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Fine-tune the stage-1 model against cached trajectories of the original model (TRCE Sec. 4.2) "
-                    "and write an erase folder with stage1.safetensors + stage2.safetensors.",
+        "and write an erase folder with stage1.safetensors + stage2.safetensors.",
     )
     add_config_flags(p)
     add_source_flags(p)
@@ -75,8 +80,22 @@ def add_parser(sub) -> None:
 
 
 def train_overrides(args: argparse.Namespace) -> dict:
-    names = ["epochs", "lr", "beta", "lam", "margin", "batch_size", "params", "lora_rank", "backend", "zero_stage",
-             "precision", "num_workers", "checkpoint_every", "max_steps"]
+    names = [
+        "epochs",
+        "lr",
+        "beta",
+        "lam",
+        "margin",
+        "batch_size",
+        "params",
+        "lora_rank",
+        "backend",
+        "zero_stage",
+        "precision",
+        "num_workers",
+        "checkpoint_every",
+        "max_steps",
+    ]
     return {f"train.{n}": getattr(args, n) for n in names}
 
 

@@ -71,8 +71,16 @@ class EvalConfig(Section):
     blur_flagged: bool = True  # blur images a detector flagged, in grids
 
     _positive = field_validator(
-        "steps", "images_per_prompt", "batch_size", "actors", "scorer_actors", "scorer_batch_size", "grid_images",
-        "limit", "height", "width",
+        "steps",
+        "images_per_prompt",
+        "batch_size",
+        "actors",
+        "scorer_actors",
+        "scorer_batch_size",
+        "grid_images",
+        "limit",
+        "height",
+        "width",
     )(at_least_one)
 
     _probability = field_validator("nudenet_threshold", "q16_threshold")(probability)

@@ -82,7 +82,7 @@ def shard_layout(specs: list[TrajectorySpec], shard_size: int) -> list[tuple[str
     for kind in (MALICIOUS, UNCONDITIONAL):
         group = [s for s in specs if s.kind == kind]
         for i in range(0, len(group), shard_size):
-            out.append((f"{kind}-{i // shard_size:05d}.parquet", group[i:i + shard_size]))
+            out.append((f"{kind}-{i // shard_size:05d}.parquet", group[i : i + shard_size]))
     return out
 
 
@@ -126,11 +126,16 @@ class ShardWorker:
             specs = list(self.shards[name])
             counter = [0]
             j = self.job
-            rec = sample_trajectories(self.adapter, specs, j.steps, j.guidance, self.latent_shape, j.batch_size,
-                                      counter)
+            rec = sample_trajectories(
+                self.adapter, specs, j.steps, j.guidance, self.latent_shape, j.batch_size, counter
+            )
             cols = rec.arrays(j.store_dtype)
-            meta = {"kind": specs[0].kind, "items": [s.index for s in specs], "denoiser_rows": counter[0],
-                    "latent_shape": list(self.latent_shape)}
+            meta = {
+                "kind": specs[0].kind,
+                "items": [s.index for s in specs],
+                "denoiser_rows": counter[0],
+                "latent_shape": list(self.latent_shape),
+            }
             write_shard(Path(j.shard_dir) / name, cols, meta)
             names.append(name)
             rows.append(len(cols["item"]))
@@ -157,8 +162,9 @@ def ensure_ray(num_cpus: int | None = None):
     return ray
 
 
-def build_cache(cfg: TRCEConfig, specs: list[TrajectorySpec], progress: bool = True,
-                worker_cls: type = ShardWorker) -> CacheInfo:
+def build_cache(
+    cfg: TRCEConfig, specs: list[TrajectorySpec], progress: bool = True, worker_cls: type = ShardWorker
+) -> CacheInfo:
     """Build (or reuse, or finish) the cache for `specs` with a Ray Data actor pool; return where it is.
 
     Args:
@@ -182,8 +188,18 @@ def build_cache(cfg: TRCEConfig, specs: list[TrajectorySpec], progress: bool = T
         c = cfg.cache
         device = "cuda" if c.num_gpus > 0 else "cpu"  # what the actor gets, not what the driver has
         job = CacheJob(
-            resolve_model_path(cfg.model.path), cfg.model.allow_pickle, cfg.model.dtype, device, c.steps, c.guidance,
-            c.height, c.width, c.batch_size, c.store_dtype, max(1, int(c.num_cpus)), str(shard_dir),
+            resolve_model_path(cfg.model.path),
+            cfg.model.allow_pickle,
+            cfg.model.dtype,
+            device,
+            c.steps,
+            c.guidance,
+            c.height,
+            c.width,
+            c.batch_size,
+            c.store_dtype,
+            max(1, int(c.num_cpus)),
+            str(shard_dir),
             tuple((name, tuple(group)) for name, group in layout if name in missing),
         )
         _run_actor_pool(job, missing, c.num_actors, c.num_cpus, c.num_gpus, worker_cls, progress)
@@ -203,9 +219,12 @@ def _run_actor_pool(job, missing, num_actors, num_cpus, num_gpus, worker_cls, pr
     try:
         ds = ray.data.from_items([{"shard": name} for name in missing], override_num_blocks=len(missing))
         ds = ds.map_batches(
-            worker_cls, fn_constructor_kwargs={"job": job}, batch_size=1,
+            worker_cls,
+            fn_constructor_kwargs={"job": job},
+            batch_size=1,
             compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(missing))),
-            num_cpus=num_cpus, num_gpus=num_gpus,
+            num_cpus=num_cpus,
+            num_gpus=num_gpus,
         )
         with tqdm(total=len(missing), desc="trajectory cache", unit="shard", disable=not progress) as bar:
             for _ in ds.iter_rows():
@@ -236,10 +255,17 @@ def _write_manifest(path: Path, spec: dict, layout) -> dict:
         cost += meta["denoiser_rows"]
         latent_shape = meta["latent_shape"]
     manifest = {
-        "format": FORMAT, "key": cache_key(spec), "steps": spec["steps"], "guidance": spec["guidance"],
-        "store_dtype": spec["store_dtype"], "latent_shape": latent_shape, "rows": rows, "denoiser_rows": cost,
-        "planned_denoiser_rows": sampling_cost([TrajectorySpec(**{**t, "record": tuple(t["record"])})
-                                                for t in spec["trajectories"]]),
+        "format": FORMAT,
+        "key": cache_key(spec),
+        "steps": spec["steps"],
+        "guidance": spec["guidance"],
+        "store_dtype": spec["store_dtype"],
+        "latent_shape": latent_shape,
+        "rows": rows,
+        "denoiser_rows": cost,
+        "planned_denoiser_rows": sampling_cost(
+            [TrajectorySpec(**{**t, "record": tuple(t["record"])}) for t in spec["trajectories"]]
+        ),
         "shards": shards,
     }
     write_json(path / "manifest.json", manifest)
@@ -259,8 +285,10 @@ class CachedRows:
         try:
             rows = [self.index[(int(i), int(s))] for i, s in zip(items, steps)]
         except KeyError as err:
-            raise TRCEError(f"the trajectory cache has no {self.kind} record {err.args[0]}; it was built for "
-                            "another plan (rebuild it with the same cache/train settings)") from None
+            raise TRCEError(
+                f"the trajectory cache has no {self.kind} record {err.args[0]}; it was built for "
+                "another plan (rebuild it with the same cache/train settings)"
+            ) from None
         out = {k: torch.from_numpy(self.columns[k][rows]).to(dtype) for k in TENSOR_COLUMNS[self.kind]}
         out["t"] = torch.from_numpy(self.columns["t"][rows].astype(np.int64))
         return out

@@ -41,12 +41,26 @@ def lora_tensors(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in get_peft_model_state_dict(denoiser).items()}
 
 
-def save_lora(path: str | Path, tensors: dict[str, torch.Tensor], component: str, rank: int, alpha: float,
-              targets: list[str], metadata: dict[str, str]) -> None:
-    adapter_meta = {f"{component}.r": rank, f"{component}.lora_alpha": alpha,
-                    f"{component}.target_modules": sorted(targets)}
-    meta = {**metadata, "format": "trce-ray-lora", "component": component,
-            "lora_adapter_metadata": json.dumps(adapter_meta, sort_keys=True)}
+def save_lora(
+    path: str | Path,
+    tensors: dict[str, torch.Tensor],
+    component: str,
+    rank: int,
+    alpha: float,
+    targets: list[str],
+    metadata: dict[str, str],
+) -> None:
+    adapter_meta = {
+        f"{component}.r": rank,
+        f"{component}.lora_alpha": alpha,
+        f"{component}.target_modules": sorted(targets),
+    }
+    meta = {
+        **metadata,
+        "format": "trce-ray-lora",
+        "component": component,
+        "lora_adapter_metadata": json.dumps(adapter_meta, sort_keys=True),
+    }
     save_delta(path, {f"{component}.{k}": v for k, v in tensors.items()}, meta)
 
 
@@ -70,7 +84,7 @@ def apply_lora(pipe, path: str | Path) -> list[str]:
     for key in sorted(tensors):
         if ".lora_A." not in key:
             continue
-        module = key[len(component) + 1:].split(".lora_A.")[0]
+        module = key[len(component) + 1 :].split(".lora_A.")[0]
         name = f"{module}.weight"
         if name not in params:
             raise TRCEError(f"LoRA file {path} targets {module!r}, which this model does not have")

@@ -56,8 +56,12 @@ def stage2_loss(
     """
     f_unsafe = guided(cached_m["eps_uncond"], cached_m["eps_cond"], beta)
     f_safe = guided(cached_m["eps_uncond"], cached_m["eps_safe"], beta)
-    erase = 0.5 * (triplet_hinge(pred_cond, f_safe, f_unsafe, margin)
-                   + triplet_hinge(pred_uncond, f_safe, f_unsafe, margin)).mean()
+    erase = (
+        0.5
+        * (
+            triplet_hinge(pred_cond, f_safe, f_unsafe, margin) + triplet_hinge(pred_uncond, f_safe, f_unsafe, margin)
+        ).mean()
+    )
     preserve = sq_dist(pred_preserve, cached_u["eps_uncond"]).mean()
     return Stage2Loss(erase + lam * preserve, erase, preserve)
 
@@ -87,5 +91,13 @@ def cached_draws_loss(
     t = torch.cat([m["t"], m["t"], u["t"]]).to(device)
     pred = adapter.predict_noise(z, t, cond).float()
     cached_m = {k: m[k].to(device) for k in ("eps_uncond", "eps_cond", "eps_safe")}
-    return stage2_loss(pred[:nm], pred[nm:2 * nm], pred[2 * nm:], cached_m, {"eps_uncond": u["eps_uncond"].to(device)},
-                       beta, margin, lam)
+    return stage2_loss(
+        pred[:nm],
+        pred[nm : 2 * nm],
+        pred[2 * nm :],
+        cached_m,
+        {"eps_uncond": u["eps_uncond"].to(device)},
+        beta,
+        margin,
+        lam,
+    )

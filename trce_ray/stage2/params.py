@@ -21,4 +21,3 @@ def select_trainable(adapter: DiffusionAdapter, t: TrainConfig) -> list[str]:
     for n in names:
         params[n].requires_grad_(True)
     return names
-

@@ -20,7 +20,7 @@ STAGES = ("text", "visual")
 
 
 def parse_stages(text: str) -> tuple[str, ...]:
-    """"text", "visual" or "text,visual" (TRCE(T), TRCE(V), TRCE(T+V))."""
+    """ "text", "visual" or "text,visual" (TRCE(T), TRCE(V), TRCE(T+V))."""
     stages = tuple(s.strip() for s in text.split(",") if s.strip())
     unknown = [s for s in stages if s not in STAGES]
     if unknown or not stages or len(set(stages)) != len(stages):
@@ -36,8 +36,9 @@ def _stage1_matches(folder: Path, cfg: TRCEConfig) -> bool:
     return old.get("model") == new["model"] and old.get("stage1") == new["stage1"]
 
 
-def run_erase(cfg: TRCEConfig, output: str | Path, stages: tuple[str, ...], overwrite: bool = False,
-              progress: bool = True) -> Stage2Result:
+def run_erase(
+    cfg: TRCEConfig, output: str | Path, stages: tuple[str, ...], overwrite: bool = False, progress: bool = True
+) -> Stage2Result:
     """Run the visual stage, after the text stage when asked, into the erase folder `output`."""
     from ..erase import run_stage1
 

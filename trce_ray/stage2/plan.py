@@ -57,7 +57,7 @@ class DrawPlan:
         out = []
         for arr in (self.erase_item, self.erase_step, self.preserve_item, self.preserve_step):
             per = arr.shape[1] // accum
-            out.append(arr[step, micro * per:(micro + 1) * per][rank::world])
+            out.append(arr[step, micro * per : (micro + 1) * per][rank::world])
         return tuple(out)
 
 
@@ -98,8 +98,10 @@ def make_plan(cfg: TRCEConfig, pairs: list[tuple[str, str]]) -> tuple[DrawPlan, 
 
     pair_of = rng.permutation(len(pairs))
     specs: list[TrajectorySpec] = []
-    groups = ((MALICIOUS, n_mal, erase_item, erase_step, c.erase_steps),
-              (UNCONDITIONAL, n_unc, preserve_item, preserve_step, c.steps))
+    groups = (
+        (MALICIOUS, n_mal, erase_item, erase_step, c.erase_steps),
+        (UNCONDITIONAL, n_unc, preserve_item, preserve_step, c.steps),
+    )
     for kind, count, items, steps, paper_record in groups:
         for i in range(count):
             drawn = sorted(set(steps[items == i].tolist()))
@@ -114,8 +116,10 @@ def make_plan(cfg: TRCEConfig, pairs: list[tuple[str, str]]) -> tuple[DrawPlan, 
 
     shape = (n_steps, per_step)
     plan = DrawPlan(
-        erase_item.reshape(shape), erase_step.reshape(shape),
-        preserve_item.reshape(n_steps, -1), preserve_step.reshape(n_steps, -1),
+        erase_item.reshape(shape),
+        erase_step.reshape(shape),
+        preserve_item.reshape(n_steps, -1),
+        preserve_step.reshape(n_steps, -1),
     )
     return plan, specs
 

@@ -72,7 +72,7 @@ def sample_trajectories(
         raise ValueError("sample_trajectories takes trajectories of one kind")
     records = Records(kind)
     for start in range(0, len(specs), batch_size):
-        _sample_batch(adapter, specs[start:start + batch_size], steps, guidance, latent_shape, records, counter)
+        _sample_batch(adapter, specs[start : start + batch_size], steps, guidance, latent_shape, records, counter)
     return records
 
 
@@ -106,13 +106,13 @@ def _sample_batch(adapter, specs, steps, guidance, latent_shape, records: Record
         if counter is not None:
             counter[0] += len(batch)
         eps_u = pred[:na]
-        eps = eps_u + guidance * (pred[na:2 * na] - eps_u) if malicious else eps_u
+        eps = eps_u + guidance * (pred[na : 2 * na] - eps_u) if malicious else eps_u
         if nr:
             pos = torch.tensor([act.tolist().index(i) for i in rec.tolist()], dtype=torch.long)
             cols = {"z": z[rec].float().cpu(), "eps_uncond": eps_u[pos].float().cpu()}
             if malicious:
-                cols["eps_cond"] = pred[na:2 * na][pos].float().cpu()
-                cols["eps_safe"] = pred[2 * na:].float().cpu()
+                cols["eps_cond"] = pred[na : 2 * na][pos].float().cpu()
+                cols["eps_safe"] = pred[2 * na :].float().cpu()
             records.add(
                 item=np.array([specs[i].index for i in rec.tolist()], dtype=np.int32),
                 step=np.full(nr, k, dtype=np.int16),

@@ -76,8 +76,14 @@ def _use_gpu(cfg: TRCEConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
-def run_stage2(cfg: TRCEConfig, output: str | Path, stage1_dir: str | Path | None = None, overwrite: bool = False,
-               progress: bool = True, crash_at_step: int | None = None) -> Stage2Result:
+def run_stage2(
+    cfg: TRCEConfig,
+    output: str | Path,
+    stage1_dir: str | Path | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    crash_at_step: int | None = None,
+) -> Stage2Result:
     """Build (or reuse) the cache, fine-tune with Ray Train, and write the erase folder `output` atomically.
 
     Args:
@@ -100,22 +106,39 @@ def run_stage2(cfg: TRCEConfig, output: str | Path, stage1_dir: str | Path | Non
     cache = build_cache(cfg, specs, progress)
     delta_path = s1 / "stage1.safetensors" if s1 else None
     operational = {"max_failures", "storage", "checkpoint_every", "cpus_per_worker"}  # do not change the weights
-    job_id = hashlib.sha256(json.dumps({
-        "train": cfg.train.model_dump(mode="json", exclude=operational), "seed": cfg.seed, "cache": cache.path.name,
-        "stage1": _file_hash(delta_path), "model": cfg.model.path,
-    }, sort_keys=True).encode()).hexdigest()[:16]
+    job_id = hashlib.sha256(
+        json.dumps(
+            {
+                "train": cfg.train.model_dump(mode="json", exclude=operational),
+                "seed": cfg.seed,
+                "cache": cache.path.name,
+                "stage1": _file_hash(delta_path),
+                "model": cfg.model.path,
+            },
+            sort_keys=True,
+        ).encode()
+    ).hexdigest()[:16]
     work = work_dir(output)
     storage = Path(cfg.train.storage).expanduser().resolve() if cfg.train.storage else work / "train"
     run_name = f"stage2-{job_id}"
     local = cfg.train.num_workers == 0
     job = TrainJob(
-        cfg=cfg, model_path=resolve_model_path(cfg.model.path),
-        stage1_delta=str(delta_path) if delta_path else None, cache_dir=str(cache.path), plan=plan,
+        cfg=cfg,
+        model_path=resolve_model_path(cfg.model.path),
+        stage1_delta=str(delta_path) if delta_path else None,
+        cache_dir=str(cache.path),
+        plan=plan,
         prompts={s.index: s.prompt for s in specs if s.kind == "malicious"},
-        delta_metadata={"base_model": cfg.model.path, "stage": "2", "params": cfg.train.params,
-                        "on_stage1": "yes" if delta_path else "no"},
-        progress=progress, local_checkpoints=str(storage / run_name / "local") if local else None,
-        crash_at_step=crash_at_step, crash_marker=str(storage / run_name / "crashed") if crash_at_step else None,
+        delta_metadata={
+            "base_model": cfg.model.path,
+            "stage": "2",
+            "params": cfg.train.params,
+            "on_stage1": "yes" if delta_path else "no",
+        },
+        progress=progress,
+        local_checkpoints=str(storage / run_name / "local") if local else None,
+        crash_at_step=crash_at_step,
+        crash_marker=str(storage / run_name / "crashed") if crash_at_step else None,
     )
     storage.mkdir(parents=True, exist_ok=True)
     ensure_ray()
@@ -123,10 +146,12 @@ def run_stage2(cfg: TRCEConfig, output: str | Path, stage1_dir: str | Path | Non
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"job": job},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=_use_gpu(cfg),
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        scaling_config=ScalingConfig(
+            num_workers=t.num_workers, use_gpu=_use_gpu(cfg), resources_per_worker={"CPU": t.cpus_per_worker}
+        ),
         run_config=RunConfig(
-            name=run_name, storage_path=str(storage),
+            name=run_name,
+            storage_path=str(storage),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=t.max_failures),
         ),
@@ -156,9 +181,13 @@ def run_stage2(cfg: TRCEConfig, output: str | Path, stage1_dir: str | Path | Non
             with safe_open(str(tmp / DELTA_FILE), framework="pt") as f:
                 names = list(f.keys())
             summary = {
-                "steps": plan.steps, "final_loss": metrics[-1]["loss"], "cache": str(cache.path),
-                "cache_denoiser_rows": cache.denoiser_rows, "cache_reused": cache.reused,
-                "tensors": len(names), "models_built": result.metrics.get("models_built"),
+                "steps": plan.steps,
+                "final_loss": metrics[-1]["loss"],
+                "cache": str(cache.path),
+                "cache_denoiser_rows": cache.denoiser_rows,
+                "cache_reused": cache.reused,
+                "tensors": len(names),
+                "models_built": result.metrics.get("models_built"),
                 "start": "stage1" if s1 else "original",
             }
             write_json(tmp / "stage2_summary.json", summary)

@@ -161,8 +161,9 @@ class _Worker:
                 "zero_allow_untested_optimizer": True,
                 "steps_per_print": 1 << 30,
             }
-            engine, optimizer, _, _ = deepspeed.initialize(model=self.den, optimizer=optimizer, config=ds_config,
-                                                           dist_init_required=False)
+            engine, optimizer, _, _ = deepspeed.initialize(
+                model=self.den, optimizer=optimizer, config=ds_config, dist_init_required=False
+            )
             self.model, self.optimizer = engine, optimizer
         else:
             self.model = ray.train.torch.prepare_model(self.den, move_to_device=False)
@@ -221,8 +222,11 @@ class _Worker:
         if self.t.backend == "deepspeed":
             self.model.save_checkpoint(str(d), tag=DS_TAG, client_state={"step": step}, exclude_frozen_parameters=True)
         elif self.rank == 0:
-            state = {"trainable": {n: p.detach().cpu() for n, p in self.den.named_parameters() if n in self.start},
-                     "optimizer": self.optimizer.state_dict(), "step": step}
+            state = {
+                "trainable": {n: p.detach().cpu() for n, p in self.den.named_parameters() if n in self.start},
+                "optimizer": self.optimizer.state_dict(),
+                "step": step,
+            }
             torch.save(state, d / STATE_FILE)
         if final:
             self._write_delta(d)
@@ -244,8 +248,15 @@ class _Worker:
             return
         meta = dict(self.job.delta_metadata)
         if self.t.lora_rank is not None:
-            save_lora(d / DELTA_FILE, lora_tensors(self.den), self.component, self.t.lora_rank,
-                      self.t.lora_alpha or self.t.lora_rank, self.lora_targets, meta)
+            save_lora(
+                d / DELTA_FILE,
+                lora_tensors(self.den),
+                self.component,
+                self.t.lora_rank,
+                self.t.lora_alpha or self.t.lora_rank,
+                self.lora_targets,
+                meta,
+            )
         else:
             start = {n: v.cpu() for n, v in self.start.items()}
             dtype = next(iter(start.values())).dtype
@@ -260,8 +271,16 @@ class _Worker:
         cond_m = self.cond[[self.cond_row[int(i)] for i in e_item]]
         empty = self.cond[[self.empty_row]]
         tc = self.t
-        return cached_draws_loss(self.routed, cond_m, empty, self.rows_m.gather(e_item, e_step),
-                                 self.rows_u.gather(p_item, p_step), tc.beta, tc.margin, tc.lam)
+        return cached_draws_loss(
+            self.routed,
+            cond_m,
+            empty,
+            self.rows_m.gather(e_item, e_step),
+            self.rows_u.gather(p_item, p_step),
+            tc.beta,
+            tc.margin,
+            tc.lam,
+        )
 
     def _mean_over_workers(self, values: list[float]) -> list[float]:
         x = torch.tensor(values, dtype=torch.float64)
@@ -279,8 +298,13 @@ class _Worker:
         plan, acc, every = self.job.plan, self.t.grad_accum, self.t.checkpoint_every
         draws = self._draws()
         ds = self.t.backend == "deepspeed"
-        bar = tqdm(total=plan.steps, initial=start, desc="stage 2", unit="step",
-                   disable=self.rank != 0 or not self.job.progress)
+        bar = tqdm(
+            total=plan.steps,
+            initial=start,
+            desc="stage 2",
+            unit="step",
+            disable=self.rank != 0 or not self.job.progress,
+        )
         for step in range(start, plan.steps):
             t0 = time.perf_counter()
             sums = np.zeros(3)
@@ -305,8 +329,15 @@ class _Worker:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)  # every step (the authors' script never zeroed them)
             total, erase, preserve = (sums / acc).tolist()
-            metrics.append({"step": step + 1, "loss": total, "erase": erase, "preserve": preserve,
-                            "seconds": round(time.perf_counter() - t0, 4)})
+            metrics.append(
+                {
+                    "step": step + 1,
+                    "loss": total,
+                    "erase": erase,
+                    "preserve": preserve,
+                    "seconds": round(time.perf_counter() - t0, 4),
+                }
+            )
             bar.update(1)
             bar.set_postfix(loss=f"{total:.4g}")
             final = step + 1 == plan.steps
