@@ -22,8 +22,8 @@ from transformers import CLIPTextConfig
 from trce_ray import stage1 as s1
 from trce_ray.concepts import expand_pack, load_pack, preserve_prompts
 from trce_ray.models import adapter_for
-from trce_ray.models.tiny import tiny_scheduler, tiny_text_encoder, tiny_vae
-from trce_ray.models.tokenizer import BOS_ID, EOS_ID, clip_tokenizer
+from trce_ray.models.tiny import sd_pipeline, tiny_text_encoder, tiny_vae
+from trce_ray.models.tokenizer import BOS_ID, EOS_ID
 
 SD14_UNET = dict(
     act_fn="silu",
@@ -55,16 +55,7 @@ CLIP_L = dict(
 
 def sd14_random_pipeline() -> StableDiffusionPipeline:
     torch.manual_seed(0)
-    return StableDiffusionPipeline(
-        vae=tiny_vae(),
-        text_encoder=tiny_text_encoder(CLIPTextConfig(**CLIP_L)),
-        tokenizer=clip_tokenizer(),
-        unet=UNet2DConditionModel(**SD14_UNET),
-        scheduler=tiny_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return sd_pipeline(tiny_vae(), tiny_text_encoder(CLIPTextConfig(**CLIP_L)), UNet2DConditionModel(**SD14_UNET))
 
 
 def reference_loop(weights: dict[str, torch.Tensor], e_m, e_s, keep_hidden: list[torch.Tensor], eta: float):

@@ -6,16 +6,14 @@ import argparse
 import os
 
 
+def add_set_flag(p, help: str) -> None:
+    """`--set KEY=VALUE` (repeatable), collected into `args.sets`."""
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help=help)
+
+
 def add_config_flags(p: argparse.ArgumentParser, output_required: bool = True) -> None:
     p.add_argument("--config", metavar="FILE", help="YAML config (see jobs/configs/); flags below override it")
-    p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any config field, e.g. --set stage1.eta=0.02 (repeatable)",
-    )
+    add_set_flag(p, "override any config field, e.g. --set stage1.eta=0.02 (repeatable)")
     p.add_argument("--model", metavar="PATH_OR_HUB_ID", help="diffusers folder, hub id, or 'toy' (model.path)")
     p.add_argument(
         "--allow-pickle", action="store_true", default=None, help="accept .bin/.ckpt weights (model.allow_pickle)"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import quiet_threads
+from .common import add_set_flag, quiet_threads
 
 EXAMPLES = """examples:
   trce-ray toy demo --output runs/demo                     # erase 'red', print the Table-1-style comparison
@@ -33,14 +33,7 @@ def add_parser(sub) -> None:
     d.add_argument("--rows", nargs="+", metavar="ROW", help="erased rows to run (default: all registered)")
     d.add_argument("--device", help="cpu, cuda, cuda:N or auto")
     d.add_argument("--seed", type=int, help="prompt and generation seed")
-    d.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override any demo field, e.g. --set stage1.eta=0.05 --set n_direct=16 (repeatable)",
-    )
+    add_set_flag(d, "override any demo field, e.g. --set stage1.eta=0.05 --set n_direct=16 (repeatable)")
     d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     d.set_defaults(run=run)
 
@@ -54,14 +47,7 @@ def add_parser(sub) -> None:
     t.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     t.add_argument("--config", metavar="FILE", help="training recipe YAML (default: the shipped recipe)")
     t.add_argument("--seed", type=int, help="seed of every random draw")
-    t.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a recipe field, e.g. --set unet_steps=200 (repeatable)",
-    )
+    add_set_flag(t, "override a recipe field, e.g. --set unet_steps=200 (repeatable)")
     t.add_argument(
         "--threads",
         type=int,

@@ -106,10 +106,16 @@ def tiny_sd_pipeline(seed: int = 0, family: str = "sd1", text_dim: int = 32) -> 
     vae = tiny_vae()
     text_encoder = tiny_text_encoder(tiny_text_config(text_dim))
     tokenizer = clip_tokenizer(pad_token="<|endoftext|>" if family == "sd1" else "!")
+    return sd_pipeline(vae, text_encoder, unet, tokenizer)
+
+
+def sd_pipeline(vae, text_encoder, unet, tokenizer=None) -> StableDiffusionPipeline:
+    """A StableDiffusionPipeline from given networks: DDIM, no safety checker, progress bar off (SD-1.x tokenizer
+    unless one is given)."""
     pipe = StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
-        tokenizer=tokenizer,
+        tokenizer=tokenizer or clip_tokenizer(),
         unet=unet,
         scheduler=tiny_scheduler(),
         safety_checker=None,

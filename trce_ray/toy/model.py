@@ -6,12 +6,12 @@ eos = pad 49407), so `adapter_for` and stage 1 treat it exactly like SD-1.x.
 
 from __future__ import annotations
 
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..config.base import Section
 from ..models.tiny import tiny_scheduler
-from ..models.tokenizer import BOS_ID, CLIP_VOCAB_SIZE, EOS_ID, clip_tokenizer
+from ..models.tokenizer import BOS_ID, CLIP_VOCAB_SIZE, EOS_ID
 from .world import SIZE
 
 
@@ -78,18 +78,3 @@ def build_text_encoder(arch: ArchConfig) -> CLIPTextModel:
 def build_scheduler() -> DDIMScheduler:
     """SD-1.x's noise schedule (scaled_linear 0.00085-0.012, 1000 steps), sampled with DDIM (the paper's sampler)."""
     return tiny_scheduler()
-
-
-def assemble(vae, text_encoder, unet) -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=clip_tokenizer(),
-        unet=unet,
-        scheduler=build_scheduler(),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe

@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 from ..artifacts import atomic_dir, write_json
 from ..config.base import Section
 from ..errors import TRCEError
+from ..models.tiny import sd_pipeline
 from .classifier import ToyClassifier, save_classifier
-from .model import ArchConfig, assemble, build_scheduler, build_text_encoder, build_unet, build_vae
+from .model import ArchConfig, build_scheduler, build_text_encoder, build_unet, build_vae
 from .settings import load_section
 from .world import render_batch
 
@@ -262,7 +263,7 @@ def train_toy(cfg: ToyTrainConfig, output: str | Path, overwrite: bool = False, 
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
     }
-    pipe = assemble(vae, text_encoder, unet)
+    pipe = sd_pipeline(vae, text_encoder, unet)
     with atomic_dir(output, overwrite=overwrite) as tmp:
         pipe.to(getattr(torch, cfg.save_dtype)).save_pretrained(tmp / PIPELINE_DIR, safe_serialization=True)
         save_classifier(clf, tmp / CLASSIFIER_FILE)
