@@ -75,3 +75,8 @@ def test_saved_builder_loads_back_and_gets_its_adapter(tmp_path, family):
     else:  # their adapters come with the SDXL/SD3/FLUX issue; until then the error names what is supported
         with pytest.raises(TRCEError, match=rf"no adapter for {type(pipe).__name__}; supported families: sd"):
             adapter_for(loaded)
+
+
+def test_unknown_family_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"family must be one of sd1, sd2, sdxl, sd3, flux; got 'sd4'"):
+        tiny_pipeline("sd4")
