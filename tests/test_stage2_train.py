@@ -10,13 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trce_ray import load_erased
 from trce_ray.artifacts import apply_delta, load_delta
-from trce_ray.erase import run_stage1
-from trce_ray.erased import load_erased
 from trce_ray.errors import TRCEError
 from trce_ray.models import adapter_for
 from trce_ray.models.tiny import tiny_sd_pipeline
-from trce_ray.stage2.train import run_stage2, work_dir
+from trce_ray.stage1.run import run_stage1
+from trce_ray.stage2.run import run_stage2, work_dir
 
 from .test_stage2_units import stage2_config
 
@@ -126,7 +126,7 @@ def _hand_written_run(cfg, stage1_file, model_dir):
     from trce_ray.stage2.loss import cached_draws_loss
     from trce_ray.stage2.params import select_trainable
     from trce_ray.stage2.plan import MALICIOUS, UNCONDITIONAL
-    from trce_ray.stage2.train import plan_for
+    from trce_ray.stage2.run import plan_for
 
     plan, specs = plan_for(cfg)
     adapter = adapter_for(load_pipeline(str(model_dir)))

@@ -42,7 +42,7 @@ def work_dir(output: str | Path) -> Path:
 
 def plan_for(cfg: TRCEConfig) -> tuple[DrawPlan, list[TrajectorySpec]]:
     """The draws and trajectories of `cfg`, from the stage-1 prompt pairs (the paper reuses P^m and P^s)."""
-    from ..erase import stage1_prompts
+    from ..stage1.run import stage1_prompts
 
     if cfg.stage1 is None:
         raise TRCEError("stage 2 needs the malicious prompts: give --concept or --erase-prompts/--target-prompts")
@@ -94,7 +94,7 @@ def run_stage2(
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
-    from ..erase import resolve_model_path
+    from ..models.loading import resolve_model_path
 
     output = Path(output).expanduser().resolve()
     if output.exists() and not overwrite:
