@@ -7,6 +7,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Base-model fingerprints are remembered under TRCE_CACHE_HOME; keep the tests' out of the user's home.
+os.environ.setdefault("TRCE_CACHE_HOME", tempfile.mkdtemp(prefix="trce-home-"))
 # Commands log to MLflow by default; tests must never write ./mlflow.db into the checkout.
 os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{tempfile.mkdtemp(prefix='trce-mlflow-')}/mlflow.db")
 
@@ -49,9 +51,8 @@ def tiny_sd_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray instance (2 CPUs) for the whole session; tests must not call ray.shutdown()."""
-    import ray
+    """One private local Ray instance (2 CPUs, loopback only) for the whole session; tests must not call
+    ray.shutdown()."""
+    from trce_ray.ray_runtime import ensure_ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
+    yield ensure_ray(num_cpus=2)

@@ -152,7 +152,9 @@ def test_eval_generates_scores_resumes_and_logs(ray_cluster, erase_dir, tiny_sd_
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(real / "a.png")
     (real / "b.png").write_bytes(b"\x89PNG broken")
     capsys.readouterr()
-    assert main(argv + ["--fid-real-images", str(real)]) == 2
+    assert main(argv) == 2  # the output exists: continuing it is explicit
+    assert "pass --resume to continue that evaluation" in capsys.readouterr().err
+    assert main(argv + ["--resume", "--fid-real-images", str(real)]) == 2
     assert f"image {real / 'b.png'} is unreadable" in capsys.readouterr().err
 
 

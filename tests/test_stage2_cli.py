@@ -23,6 +23,7 @@ def test_erase_text_visual_kv_then_cache_and_train_commands(tmp_path, tiny_sd_di
     out = tmp_path / "tv"
     assert main(["erase", "--config", str(config), "--stages", "text,visual", "--output", str(out)]) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".trce-ray-output.json",
         "config.yaml",
         "metrics.jsonl",
         "prompts.json",

@@ -7,3 +7,7 @@ class TRCEError(Exception):
 
 class ConfigError(TRCEError):
     """A configuration value is unknown, mistyped or out of range."""
+
+
+class TRCEWarning(UserWarning):
+    """Something the user should know although the command goes on (truncated prompts, a destroyed model)."""

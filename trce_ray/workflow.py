@@ -15,8 +15,11 @@ from pathlib import Path
 
 import yaml
 
+from .artifacts import check_output, delta_metadata
 from .config import TRCEConfig
 from .errors import TRCEError
+from .interrupts import keep
+from .locks import hold
 from .stage1.run import Stage1Result, run_stage1
 from .stage2.run import Stage2Result, run_stage2, work_dir
 
@@ -43,9 +46,17 @@ def parse_stages(text: str) -> tuple[str, ...]:
 def _stage1_matches(folder: Path, cfg: TRCEConfig) -> bool:
     if not (folder / "stage1.safetensors").is_file() or not (folder / "config.yaml").is_file():
         return False
+    from .models.loading import model_fingerprint
+
     old = yaml.safe_load((folder / "config.yaml").read_text())
     new = cfg.model_dump(mode="json")
-    return old.get("model") == new["model"] and old.get("stage1") == new["stage1"]
+    try:
+        same_weights = delta_metadata(folder / "stage1.safetensors").get("base_fingerprint") == model_fingerprint(
+            cfg.model.path
+        )
+    except TRCEError:  # a damaged file from a killed run: compute stage 1 again
+        return False
+    return same_weights and old.get("model") == new["model"] and old.get("stage1") == new["stage1"]
 
 
 def run_erasure(
@@ -69,18 +80,19 @@ def run_erasure(
     if "visual" not in stages:
         raise TRCEError(f"unknown stages {stages}; parse them with trce_ray.workflow.parse_stages")
     output = Path(output).expanduser().resolve()
-    if output.exists() and not overwrite:
-        raise TRCEError(f"output folder {output} already exists; choose another --output or pass --overwrite")
-    stage1_dir, stage1 = None, None
-    if "text" in stages:
-        stage1_dir = work_dir(output) / "stage1"
-        if not _stage1_matches(stage1_dir, cfg):
-            stage1 = run_stage1(cfg, stage1_dir, overwrite=True, pipe=pipe, progress=progress)
-    result = run_stage2(cfg, output, stage1_dir, overwrite=overwrite, progress=progress)
-    if stage1_dir is not None:
-        shutil.rmtree(stage1_dir, ignore_errors=True)
-    try:
-        work_dir(output).rmdir()
-    except OSError:
-        pass
+    with hold(output):  # the output and its work folder, for the whole run
+        check_output(output, overwrite)
+        stage1_dir, stage1 = None, None
+        if "text" in stages:
+            stage1_dir = work_dir(output) / "stage1"
+            if not _stage1_matches(stage1_dir, cfg):
+                stage1 = run_stage1(cfg, stage1_dir, overwrite=True, pipe=pipe, progress=progress)
+            keep(f"the stage-1 edit in {stage1_dir}")
+        result = run_stage2(cfg, output, stage1_dir, overwrite=overwrite, progress=progress)
+        if stage1_dir is not None:
+            shutil.rmtree(stage1_dir, ignore_errors=True)
+        try:
+            work_dir(output).rmdir()
+        except OSError:
+            pass
     return ErasureResult(output, stages, stage1, result)

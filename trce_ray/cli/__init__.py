@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
+from contextlib import contextmanager
 
-from ..errors import TRCEError
+from ..errors import TRCEError, TRCEWarning
 
 SUBCOMMANDS = ["erase", "cache", "train", "eval", "sweep", "report", "toy"]
 
@@ -26,19 +28,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. Exit status: 0 done, 2 a one-sentence error, 130/143 stopped by SIGINT/SIGTERM."""
     args = build_parser().parse_args(argv)
+    from .. import interrupts
     from ..quiet import quiet_libraries
 
-    quiet_libraries()
+    previous = interrupts.install_handlers(args.command)
     try:
-        result = args.run(args)
-    except TRCEError as err:
-        print(f"trce-ray {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"trce-ray {args.command}: interrupted; rerunning the command reuses finished parts", file=sys.stderr)
-        return 130
+        quiet_libraries()
+        with _warnings_as_lines(args.command):
+            result = args.run(args)
+    except (KeyboardInterrupt, SystemExit, Exception) as err:
+        # A signal may surface as Ray's or a library's own exception (a failed task, sys.exit in a handler): once
+        # one arrived, whatever unwinds is reported as the interruption it is.
+        if interrupts.received() is not None or isinstance(err, KeyboardInterrupt):
+            interrupts.unwound()
+            text, status = interrupts.exit_message(args.command)
+            print(text, file=sys.stderr, flush=True)
+            return status
+        if isinstance(err, TRCEError):
+            print(f"trce-ray {args.command}: error: {err}", file=sys.stderr)
+            return 2
+        raise
+    finally:
+        interrupts.restore_handlers(previous)
     return int(result or 0)
+
+
+@contextmanager
+def _warnings_as_lines(command: str):
+    """Print trce-ray's own warnings as "trce-ray COMMAND: warning: ..." lines, not with a source location."""
+    shown = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, TRCEWarning):
+            print(f"trce-ray {command}: warning: {message}", file=sys.stderr, flush=True)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ EXAMPLES = """examples:
 Sets shipped: i2p, i2p-<category> (i2p-sexual = the 931 of Table 1), ring-a-bell, unlearndiff, coco-3k.
 From --data-dir (or --set eval.prompt_files.NAME=FILE): mma, p4d, coco-30k, artists-famous, artists-modern,
 vangogh, kelly. Celebrity sets read names files (--celebrity-erase/--celebrity-retain). A .csv (column 'prompt')
-or .txt file is a set of its own, scored with NudeNet. Rerunning resumes: nothing is generated twice.
+or .txt file is a set of its own, scored with NudeNet. An existing --output is refused unless --resume (continue
+it: nothing is generated twice) or --overwrite (replace it).
 """
 
 
@@ -78,6 +79,9 @@ def add_parser(sub) -> None:
     g.add_argument("--face-classifier", metavar="MODULE:ATTR", help="identity classifier builder (celebrity)")
     g.add_argument("--style-classifier", metavar="MODULE:ATTR", help="style classifier builder (artist)")
     g.add_argument("--scorer-gpus", type=float, help="GPU share per scoring actor (default 0)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue an existing output folder (reuse its images and scores)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=run)
 
@@ -123,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
     from ..tracking import track
 
     with track(cfg, "eval") as tracker:
-        result = run_eval(cfg, overwrite=args.overwrite, tracker=tracker, progress=not args.no_progress)
+        result = run_eval(
+            cfg, overwrite=args.overwrite, tracker=tracker, progress=not args.no_progress, resume=args.resume
+        )
     print(to_markdown([RunMetrics(label_for(cfg), result.metrics, str(result.output))]))
     for note in result.notices:
         print(f"not measured: {note}")

@@ -80,6 +80,15 @@ def run(args: argparse.Namespace) -> int:
     result = run_sweep(cfg, cfg.output, overwrite=args.overwrite, resume=args.resume)
     print((result.output / "sweep.md").read_text())
     failed = [r["trial"] for r in result.rows if r["error"]]
+    grid_keys = set(cfg.sweep.grid)
+    measured = sorted({k for r in result.rows for k, v in r.items() if isinstance(v, float) and k not in grid_keys})
+    if cfg.sweep.metric and result.best is None and measured:
+        from ..errors import TRCEError
+
+        raise TRCEError(
+            f"--metric {cfg.sweep.metric} is none of the trials' metrics ({', '.join(measured[:6])}, ...); "
+            f"nothing is ranked, the results are in {result.output}/sweep.csv"
+        )
     if result.best:
         print(f"best by {cfg.sweep.metric} ({cfg.sweep.mode}): {result.best['trial']}")
     if failed:

@@ -43,6 +43,10 @@ def source_overrides(args: argparse.Namespace) -> dict:
 
 def resolve_stage2_config(args: argparse.Namespace, overrides: dict):
     """--config, else the stage-1 folder's config.yaml, then flags and --set items."""
+    if args.stage1 and not Path(args.stage1).expanduser().is_dir():
+        from ..errors import TRCEError
+
+        raise TRCEError(f"--stage1 {args.stage1} is not a folder; give a stage-1 output folder (trce-ray erase)")
     if args.stage1 and not args.config:
         stage1_config = Path(args.stage1).expanduser() / "config.yaml"
         if stage1_config.is_file():

@@ -14,3 +14,4 @@ class ModelConfig(Section):
         "float32"  # weights dtype for loading; stage 1 solves in float64
     )
     device: str = "auto"  # "auto" picks cuda when available
+    check_base: bool = True  # refuse artifacts whose base_fingerprint is not this model's (other weights)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Literal
 
 from pydantic import field_validator, model_validator
 
-from .base import Section, at_least_one, non_negative
+from .base import Section, at_least_one
 
 TokenRole = Literal["eot", "key", "sot"]
 
@@ -52,11 +53,16 @@ class Stage1Config(Section):
     @field_validator("eta")
     @classmethod
     def _eta(cls, v):
-        if not v > 0:
-            raise ValueError("eta must be > 0: it weights preservation and keeps the system solvable")
+        if not 0 < v < math.inf:
+            raise ValueError("eta must be > 0 and finite: it weights preservation and keeps the system solvable")
         return v
 
-    _ridge = field_validator("ridge")(non_negative)
+    @field_validator("ridge")
+    @classmethod
+    def _ridge(cls, v):
+        if not 0 <= v < math.inf:
+            raise ValueError("must be a finite number >= 0")
+        return v
 
     _positive = field_validator("templates", "preserve_count", "batch_size")(at_least_one)
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import TRCEError
+from ..ray_runtime import ensure_ray
 
 
 @dataclass(frozen=True)
@@ -28,15 +29,6 @@ class Stage:
     batch_size: int = 8
     gpus: float = 0.0
     cpus: float = 1.0
-
-
-def ensure_ray():
-    """Connect to the cluster in RAY_ADDRESS (or the one this process already joined), else start a local one."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(ignore_reinit_error=True, include_dashboard=False)
-    return ray
 
 
 def cluster_gpus() -> float:

@@ -32,6 +32,7 @@ class GenerationSpec:
     device: str = "auto"
     allow_pickle: bool = False
     threads: int = 1  # torch threads of a CPU actor
+    check_base: bool = True  # refuse artifacts made for other base weights (model.check_base)
 
 
 def _sha256(path: Path) -> str:
@@ -98,7 +99,9 @@ class ImageGenerator:
         dlog.disable_progress_bar()
         tlog.set_verbosity_error()
         tlog.disable_progress_bar()  # long prompts are truncated to 77 tokens, as in every published evaluation
-        self.pipe = load_erased(spec.model, list(spec.deltas), spec.allow_pickle, spec.dtype, self.device)
+        self.pipe = load_erased(
+            spec.model, list(spec.deltas), spec.allow_pickle, spec.dtype, self.device, check_base=spec.check_base
+        )
         self.pipe.set_progress_bar_config(disable=True)
         self.root = Path(spec.image_root)
 

@@ -6,19 +6,26 @@ Output folder (resumable; rerunning with the same settings generates and scores 
     <output>/images/<generation key>/<set>/index.parquet          one row per image: prompt, seed, guidance, path
     <output>/results/<set>.csv      per prompt: seed, guidance, image, detector outputs, flags
     <output>/grids/<set>.png        the first images of each set, detector-flagged ones blurred
-    <output>/metrics.json, report.md, skipped.csv
+    <output>/metrics.json, report.md, skipped.csv, config.yaml
+
+An existing output folder is refused unless `resume` (continue it: generate and score only what is missing) or
+`overwrite` (replace it, if trce-ray wrote it and it holds nothing else). The output and each image folder are
+locked while in use: a second eval to the same output fails at once; two evals sharing `eval.image_dir` take turns.
 """
 
 from __future__ import annotations
 
-import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import TRCEError
+from ..artifacts import remove_output, write_marker
+from ..errors import TRCEError, TRCEWarning
+from ..interrupts import keep
+from ..locks import hold
 from ..tracking import NULL_TRACKER, Tracker
 from .dataflow import Stage, cluster_gpus, run_stages
 from .generation import GenerationSpec, ImageGenerator, generation_key, model_identity
@@ -31,6 +38,7 @@ from .registry import plugin_columns
 from .scoring import ImageScorer, ScoreStore, ScoringSpec, detector_ids, feature_columns
 
 CACHE_FLUSH_S = 30.0
+OUTPUT_ENTRIES = ["config.yaml", "grids", "images", "metrics.json", "report.md", "results", "skipped.csv"]
 
 
 @dataclass
@@ -79,10 +87,11 @@ def process(
             store.flush()
             last_flush[0] = time.monotonic()
 
-    try:
-        out = run_stages(todo, stages, desc=desc, progress=progress, on_batch=on_batch)
-    finally:
-        store.flush()
+    with hold(image_root, "image folder", wait=True):  # evals sharing eval.image_dir take turns per folder
+        try:
+            out = run_stages(todo, stages, desc=desc, progress=progress, on_batch=on_batch)
+        finally:
+            store.flush()
     return int(sum(bool(r.get("generated")) for r in out))
 
 
@@ -116,20 +125,40 @@ def run_eval(
     tracker: Tracker = NULL_TRACKER,
     progress: bool = True,
     generator_cls=ImageGenerator,
+    resume: bool = False,
 ) -> EvalResult:
-    """Evaluate `cfg.model` (a base model or an erase output folder, plus `eval.deltas`) on the configured sets."""
-    ecfg = cfg.eval
-    out = Path(output or cfg.output or "").expanduser()
+    """Evaluate `cfg.model` (a base model or an erase output folder, plus `eval.deltas`) on the configured sets.
+
+    Args:
+        overwrite: replace an existing output folder (only one trce-ray wrote, holding nothing else).
+        resume: continue an existing output folder, reusing its images and scores.
+    """
     if not str(output or cfg.output or ""):
         raise TRCEError("eval needs an output folder (--output)")
-    if overwrite and out.exists():
-        shutil.rmtree(out)
+    out = Path(output or cfg.output).expanduser().resolve()
+    with hold(out):
+        if out.exists():
+            if not (overwrite or resume):
+                raise TRCEError(
+                    f"output folder {out} already exists; pass --resume to continue that evaluation, --overwrite "
+                    "to replace it, or choose another --output"
+                )
+            if not out.is_dir():
+                raise TRCEError(f"--output {out} is a file; give a folder")
+            if overwrite and not resume:
+                remove_output(out)
+        return _run_eval(cfg, out, tracker, progress, generator_cls)
+
+
+def _run_eval(cfg, out: Path, tracker: Tracker, progress: bool, generator_cls) -> EvalResult:
+    ecfg = cfg.eval
     psets = [(load_prompt_set(name, ecfg), explicit) for name, explicit in resolve_set_names(ecfg.suite, ecfg.sets)]
     plan, notices = plan_detectors(psets, ecfg)
     psets = [ps for ps, _ in psets if ps.name in plan]
     image_dir = Path(ecfg.image_dir).expanduser() if ecfg.image_dir else out / "images"
     m = cfg.model
     identity = model_identity(m.path, ecfg.deltas)
+    _check_model(cfg, [r.prompt for ps in psets for r in ps.rows])
     key = generation_key(identity, ecfg.steps, ecfg.height, ecfg.width, m.dtype)
     image_root = (image_dir / key).resolve()
     if ecfg.fid_real_images:
@@ -147,6 +176,7 @@ def run_eval(
             device=m.device,
             allow_pickle=m.allow_pickle,
             threads=max(1, int(ecfg.cpus_per_actor)),
+            check_base=m.check_base,
         )
 
     used = sorted({d for dets in plan.values() for d in dets})
@@ -168,6 +198,13 @@ def run_eval(
     from .scoring import check_detector_inputs
 
     check_detector_inputs(score)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise TRCEError(f"cannot write output folder {out}: {err.strerror}") from None
+    inside = [image_dir.resolve().relative_to(out).parts[0]] if image_dir.resolve().is_relative_to(out) else []
+    write_marker(out, sorted(set(OUTPUT_ENTRIES + inside)))  # what --overwrite may delete later
+    keep(f"the images and scores in {image_root}", resume="rerun the same command with --resume to continue")
     ids = detector_ids(score)
     store = ScoreStore(image_root, ids)
     rows_by_set = {ps.name: image_rows(ps, plan[ps.name], ecfg.images_per_prompt) for ps in psets}
@@ -238,6 +275,34 @@ def run_eval(
     write_outputs(out, psets, results_by_set, metrics, sets_info, notices, ecfg, cfg, key, generated, elapsed)
     log_to_tracker(tracker, out, metrics, cfg, key, identity)
     return EvalResult(out, metrics, sets_info, notices, generated)
+
+
+def _check_model(cfg, prompts: list[str]) -> None:
+    """Before any generation: the artifacts fit the base model's weights; say once how many prompts are cut."""
+    from ..models.erased import check_base_fingerprint, erase_output_parts, is_erase_output
+    from ..models.loading import resolve_model_path
+
+    base, paths = erase_output_parts(cfg.model.path) if is_erase_output(cfg.model.path) else (cfg.model.path, [])
+    paths = paths + [Path(d) for d in cfg.eval.deltas]
+    if cfg.model.check_base:
+        check_base_fingerprint(base, paths)
+    tokenizer_dir = Path(resolve_model_path(base)).expanduser() / "tokenizer"
+    if not prompts or not tokenizer_dir.is_dir():
+        return
+    from transformers import AutoTokenizer
+
+    from ..models.tokens import token_count
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    limit = tok.model_max_length
+    long = sum(n > limit for n in token_count(tok, prompts))
+    if long:
+        warnings.warn(
+            f"{long} of {len(prompts)} evaluation prompts are longer than the text encoder's {limit} tokens and are "
+            "cut there (as in the published evaluations)",
+            TRCEWarning,
+            stacklevel=3,
+        )
 
 
 def _fid_gen(

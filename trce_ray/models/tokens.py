@@ -24,3 +24,8 @@ def key_positions(tokenizer, prompt: str, span: tuple[int, int]) -> list[int]:
     n_upto = len(tokenizer(prompt[:end], add_special_tokens=False).input_ids)
     last = tokenizer.model_max_length - 2  # room for [SoT] and [EoT]
     return [1 + i for i in range(n_before, n_upto) if 1 + i <= last]
+
+
+def token_count(tokenizer, prompts: list[str]) -> list[int]:
+    """Tokens of each prompt with [SoT] and [EoT], before truncation (compare with `tokenizer.model_max_length`)."""
+    return [len(ids) for ids in tokenizer(list(prompts), truncation=False).input_ids]

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from ..artifacts import apply_delta, atomic_dir, save_delta, write_json
+from ..artifacts import apply_delta, atomic_dir, check_output, save_delta, write_json
 from ..concepts import PromptPair, expand_pack, load_pack, pairs_from_files, preserve_prompts
 from ..config import Stage1Config, TRCEConfig
-from ..errors import TRCEError
+from ..errors import TRCEError, TRCEWarning
+from ..locks import hold
 from ..models import adapter_for
 from ..models.base import DiffusionAdapter
-from ..models.loading import load_model
+from ..models.loading import load_model, model_fingerprint
+from ..models.tokens import key_positions, token_count
 from .closed_form import diagnostics, edited_weights, solve_map, stream_statistics
 from .embeddings import erase_embeddings, preserve_gram
 
 STAGE1_FILE = "stage1.safetensors"
+# preserve_drift is the RMS change of K/V outputs on the preservation prompts relative to the outputs themselves; at
+# 1 the change is as large as what it changes. Measured on the toy world (docs/toy.md): eta 0.01 -> 0.39,
+# eta 1e-4 -> 1.4, eta 1e-30 -> 3.6 (weights up to ~460x the original's largest).
+DESTROYED_DRIFT = 1.0
 
 
 def stage1_prompts(s1: Stage1Config) -> tuple[list[PromptPair], list[str]]:
@@ -36,6 +43,34 @@ def stage1_prompts(s1: Stage1Config) -> tuple[list[PromptPair], list[str]]:
                 f"({pairs[unmarked[0]].erase!r}) has no [bracketed] span"
             )
     return pairs, keep
+
+
+def check_prompt_lengths(tokenizer, pairs: list[PromptPair], keep: list[str], roles: list[str]) -> None:
+    """Refuse a [keyword] the text encoder never sees; warn once when prompts are cut at its token limit.
+
+    Raises:
+        TRCEError: token role 'key' and an erase prompt whose keyword lies past the limit.
+    """
+    limit = tokenizer.model_max_length
+    if "key" in roles:
+        for i, p in enumerate(pairs):
+            if p.erase_key is not None and not key_positions(tokenizer, p.erase, p.erase_key):
+                raise TRCEError(
+                    f"erase prompt {i + 1} ({p.erase[:50]!r}...) has its [keyword] past token {limit}, where the "
+                    "text encoder cuts prompts; shorten the prompt or put the keyword earlier"
+                )
+    named = [("erase", p.erase) for p in pairs] + [("target", p.target) for p in pairs]
+    named += [("preserve", k) for k in keep]
+    counts = token_count(tokenizer, [text for _, text in named])
+    long = [(role, text, n) for (role, text), n in zip(named, counts) if n > limit]
+    if long:
+        role, text, n = long[0]
+        warnings.warn(
+            f"{len(long)} of {len(named)} prompts are longer than the text encoder's {limit} tokens and are cut "
+            f"there (first: {role} prompt {text[:40]!r}..., {n} tokens); their ends do not enter the edit",
+            TRCEWarning,
+            stacklevel=2,
+        )
 
 
 @dataclass
@@ -77,14 +112,38 @@ def run_stage1(
     """
     if cfg.stage1 is None:
         raise TRCEError("no stage1 settings: give --concept or --erase-prompts/--target-prompts")
+    output = Path(output).expanduser().resolve()
+    with hold(output):
+        check_output(output, overwrite)
+        return _run_stage1(cfg, output, overwrite, pipe, progress)
+
+
+def _run_stage1(cfg: TRCEConfig, output: Path, overwrite: bool, pipe, progress: bool) -> Stage1Result:
     s1 = cfg.stage1
     pairs, keep = stage1_prompts(s1)
     if pipe is None:
         pipe = load_model(cfg)
     adapter = adapter_for(pipe)
+    check_prompt_lengths(adapter.tokenizer, pairs, keep, s1.tokens)
+    fingerprint = model_fingerprint(cfg.model.path)
     with atomic_dir(output, overwrite=overwrite) as tmp:
         result = compute_stage1(adapter, pairs, keep, s1, progress)
-        meta = {"format": "trce-ray-delta", "stage": "1", "base_model": cfg.model.path, "eta": str(s1.eta)}
+        drift = result.diagnostics["preserve_drift"]
+        if drift >= DESTROYED_DRIFT:
+            warnings.warn(
+                f"preserve drift {drift:.3g} >= {DESTROYED_DRIFT:g}: the edit changes what the model makes of the "
+                f"prompts to keep by as much as they were; stage1.eta {s1.eta:g} is too small to preserve anything "
+                "(the paper uses 0.01; raise it)",
+                TRCEWarning,
+                stacklevel=2,
+            )
+        meta = {
+            "format": "trce-ray-delta",
+            "stage": "1",
+            "base_model": cfg.model.path,
+            "base_fingerprint": fingerprint,
+            "eta": str(s1.eta),
+        }
         save_delta(tmp / STAGE1_FILE, result.delta, meta)
         (tmp / "config.yaml").write_text(cfg.to_yaml())
         write_json(
@@ -103,6 +162,7 @@ def run_stage1(
                 "n_erase_prompts": len(pairs),
                 "n_preserve_prompts": len(keep),
                 "n_edited_matrices": len(result.delta),
+                "base_fingerprint": fingerprint,
                 **result.diagnostics,
                 **result.timings,
             },

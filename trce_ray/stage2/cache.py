@@ -3,14 +3,19 @@
 A cache lives in `<cache.root>/<hash>/`, the hash covering everything that determines its content (model identity,
 scheduler, steps, guidance, dtypes, image size, and every trajectory's prompts, seed and recorded steps):
 `spec.json` (what was hashed), `shards/<kind>-NNNNN.parquet` (each written atomically: the unit of resume) and
-`manifest.json` (written last: the cache is complete). A rerun with a complete manifest does nothing; an
-interrupted run redoes only missing shards; Ray Data restarts a killed actor and reruns only its shard.
+`manifest.json` (written last: the cache is complete; it records each shard's size and sha256). A rerun whose
+shards all match the manifest does nothing; a missing or damaged shard is sampled again; an interrupted run redoes
+only missing shards; Ray Data restarts a killed actor and reruns only its shard. One process builds a cache at a
+time (a lock beside its folder; a second one waits, then reuses it). `last_used` is touched on every use, for
+`trce-ray cache ls/prune`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,37 +23,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..artifacts import write_json
+from ..artifacts import sha256_file, write_json
 from ..config import TRCEConfig
 from ..errors import TRCEError
+from ..interrupts import keep
+from ..locks import hold
+from ..models.loading import model_fingerprint
+from ..ray_runtime import ensure_ray
 from .plan import MALICIOUS, UNCONDITIONAL, TrajectorySpec, sampling_cost
 from .sampler import TENSOR_COLUMNS
 from .shards import read_shard, shard_meta, write_shard
 
 FORMAT = "trce-ray-trajectories/1"
-_IDENTITY_MEMO: dict[tuple, str] = {}
-_SKIP_DIRS = {"vae", "safety_checker", "feature_extractor"}  # never used to build a cache
-
-
-def model_identity(path: str) -> str:
-    """Content hash of the files that shape trajectories (denoiser, text encoders, tokenizers, scheduler); a hub id
-    stands for itself."""
-    from ..models.loading import resolve_model_path
-
-    root = Path(resolve_model_path(path)).expanduser()
-    if not root.is_dir():
-        return f"hub:{path}"
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in _SKIP_DIRS)
-    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    if stamp not in _IDENTITY_MEMO:
-        h = hashlib.sha256()
-        for p in files:
-            h.update(str(p.relative_to(root)).encode() + b"\0")
-            with open(p, "rb") as f:
-                for block in iter(lambda: f.read(1 << 24), b""):
-                    h.update(block)
-        _IDENTITY_MEMO[stamp] = h.hexdigest()
-    return _IDENTITY_MEMO[stamp]
+LAST_USED = "last_used"
 
 
 def cache_spec(cfg: TRCEConfig, specs: list[TrajectorySpec]) -> dict:
@@ -56,7 +43,7 @@ def cache_spec(cfg: TRCEConfig, specs: list[TrajectorySpec]) -> dict:
     c = cfg.cache
     return {
         "format": FORMAT,
-        "model": model_identity(cfg.model.path),
+        "model": model_fingerprint(cfg.model.path),
         "model_dtype": cfg.model.dtype,
         "scheduler": "DDIMScheduler",
         "steps": c.steps,
@@ -153,13 +140,12 @@ class CacheInfo:
     seconds: float
 
 
-def ensure_ray(num_cpus: int | None = None):
-    """Join the cluster in RAY_ADDRESS if any, else start a local instance."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
-    return ray
+def cache_root(cfg: TRCEConfig) -> Path:
+    """`cache.root`, checked: a folder (made if absent), not a file."""
+    root = Path(cfg.cache.root).expanduser().resolve()
+    if root.exists() and not root.is_dir():
+        raise TRCEError(f"cache.root {root} is a file; give a folder for the trajectory caches (--cache-root)")
+    return root
 
 
 def build_cache(
@@ -174,37 +160,97 @@ def build_cache(
 
     t0 = time.perf_counter()
     spec = cache_spec(cfg, specs)
-    path = Path(cfg.cache.root).expanduser().resolve() / cache_key(spec)[:20]
+    path = cache_root(cfg) / cache_key(spec)[:20]
     layout = shard_layout(specs, cfg.cache.shard_size)
-    if (path / "manifest.json").is_file():
-        manifest = json.loads((path / "manifest.json").read_text())
+    manifest = _verified_manifest(path, repair=False)  # lock-free first: a read-only shared cache stays usable
+    if manifest is not None:
+        _touch(path)
         return CacheInfo(path, True, 0, len(layout), manifest["denoiser_rows"], time.perf_counter() - t0)
-    shard_dir = path / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    if not (path / "spec.json").is_file():
-        write_json(path / "spec.json", spec)
-    missing = [name for name, _ in layout if not (shard_dir / name).is_file()]
-    if missing:
-        c = cfg.cache
-        device = "cuda" if c.num_gpus > 0 else "cpu"  # what the actor gets, not what the driver has
-        job = CacheJob(
-            resolve_model_path(cfg.model.path),
-            cfg.model.allow_pickle,
-            cfg.model.dtype,
-            device,
-            c.steps,
-            c.guidance,
-            c.height,
-            c.width,
-            c.batch_size,
-            c.store_dtype,
-            max(1, int(c.num_cpus)),
-            str(shard_dir),
-            tuple((name, tuple(group)) for name, group in layout if name in missing),
-        )
-        _run_actor_pool(job, missing, c.num_actors, c.num_cpus, c.num_gpus, worker_cls, progress)
-    manifest = _write_manifest(path, spec, layout)
+    with hold(path, "trajectory cache", wait=True):
+        manifest = _verified_manifest(path, repair=True)  # another process may have finished it while we waited
+        if manifest is not None:
+            _touch(path)
+            return CacheInfo(path, True, 0, len(layout), manifest["denoiser_rows"], time.perf_counter() - t0)
+        shard_dir = path / "shards"
+        try:
+            shard_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TRCEError(f"cannot write the trajectory cache in {path}: {err.strerror}") from None
+        if not (path / "spec.json").is_file():
+            write_json(path / "spec.json", spec)
+        missing = [name for name, _ in layout if not _shard_ok(shard_dir / name, {})]
+        keep(f"the finished shards of the trajectory cache in {path}")
+        if missing:
+            c = cfg.cache
+            device = "cuda" if c.num_gpus > 0 else "cpu"  # what the actor gets, not what the driver has
+            job = CacheJob(
+                resolve_model_path(cfg.model.path),
+                cfg.model.allow_pickle,
+                cfg.model.dtype,
+                device,
+                c.steps,
+                c.guidance,
+                c.height,
+                c.width,
+                c.batch_size,
+                c.store_dtype,
+                max(1, int(c.num_cpus)),
+                str(shard_dir),
+                tuple((name, tuple(group)) for name, group in layout if name in missing),
+            )
+            _run_actor_pool(job, missing, c.num_actors, c.num_cpus, c.num_gpus, worker_cls, progress)
+        manifest = _write_manifest(path, spec, layout, cfg.model.path)
+        _touch(path)
     return CacheInfo(path, False, len(missing), len(layout), manifest["denoiser_rows"], time.perf_counter() - t0)
+
+
+def _verified_manifest(path: Path, repair: bool) -> dict | None:
+    """The manifest if every shard it lists is on disk with its recorded size and hash, else None.
+
+    Args:
+        repair: delete damaged shards and the manifest, so the build that follows samples them again (only
+            under the cache's lock).
+    """
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    bad = [path / s["file"] for s in manifest.get("shards", []) if not _shard_ok(path / s["file"], s)]
+    if not bad and manifest.get("shards"):
+        return manifest
+    if not repair:
+        return None
+    print(
+        f"trajectory cache {path}: {len(bad)} shard(s) missing or damaged ({bad[0].name if bad else 'no shards'}); "
+        "sampling them again",
+        file=sys.stderr,
+    )
+    for f in bad:
+        f.unlink(missing_ok=True)
+    (path / "manifest.json").unlink()
+    return None
+
+
+def _shard_ok(f: Path, entry: dict) -> bool:
+    if not f.is_file():
+        return False
+    if "sha256" not in entry:  # a manifest written before sizes and hashes were recorded: the footer must read
+        try:
+            shard_meta(f)
+            return True
+        except (OSError, ValueError, KeyError):
+            return False
+    return f.stat().st_size == entry["bytes"] and sha256_file(f) == entry["sha256"]
+
+
+def _touch(path: Path) -> None:
+    """Record a use of the cache (what `trce-ray cache prune --older-than` goes by)."""
+    stamp = path / LAST_USED
+    try:
+        stamp.touch()
+        os.utime(stamp)
+    except OSError:
+        pass  # a read-only shared cache is still usable
 
 
 def _run_actor_pool(job, missing, num_actors, num_cpus, num_gpus, worker_cls, progress) -> None:
@@ -242,7 +288,7 @@ def _root_cause(err: BaseException) -> str:
     return text[-1] if text else type(err).__name__
 
 
-def _write_manifest(path: Path, spec: dict, layout) -> dict:
+def _write_manifest(path: Path, spec: dict, layout, model_path: str) -> dict:
     shards, rows, cost = [], {MALICIOUS: 0, UNCONDITIONAL: 0}, 0
     latent_shape = None
     for name, group in layout:
@@ -250,13 +296,25 @@ def _write_manifest(path: Path, spec: dict, layout) -> dict:
         if meta["items"] != [s.index for s in group]:
             raise TRCEError(f"cache shard {path / 'shards' / name} does not hold the planned trajectories; delete it")
         n = sum(len(s.record) for s in group)
-        shards.append({"file": f"shards/{name}", "kind": meta["kind"], "items": meta["items"], "rows": n})
+        f = path / "shards" / name
+        shards.append(
+            {
+                "file": f"shards/{name}",
+                "kind": meta["kind"],
+                "items": meta["items"],
+                "rows": n,
+                "bytes": f.stat().st_size,
+                "sha256": sha256_file(f),
+            }
+        )
         rows[meta["kind"]] += n
         cost += meta["denoiser_rows"]
         latent_shape = meta["latent_shape"]
     manifest = {
         "format": FORMAT,
         "key": cache_key(spec),
+        "model_path": model_path,  # for `trce-ray cache ls`; the key holds the model's content fingerprint
+        "trajectories": len(spec["trajectories"]),
         "steps": spec["steps"],
         "guidance": spec["guidance"],
         "store_dtype": spec["store_dtype"],
@@ -305,10 +363,109 @@ def load_rows(cache_dir: str | Path, kind: str, items: set[int]) -> CachedRows:
     for shard in manifest["shards"]:
         if shard["kind"] != kind or not items.intersection(shard["items"]):
             continue
-        cols = read_shard(cache_dir / shard["file"])
+        try:
+            cols = read_shard(cache_dir / shard["file"])
+        except (OSError, ValueError) as err:  # pyarrow's errors derive from these
+            raise TRCEError(
+                f"cache shard {cache_dir / shard['file']} is missing or damaged ({type(err).__name__}); rerun the "
+                "command: it samples damaged shards again"
+            ) from None
         keep = np.isin(cols["item"], list(items))
         for k, v in cols.items():
             parts.setdefault(k, []).append(v[keep])
     if not parts:
         raise TRCEError(f"the trajectory cache {cache_dir} holds no {kind} records for the planned draws")
     return CachedRows(kind, {k: np.concatenate(v) for k, v in parts.items()})
+
+
+@dataclass
+class CacheEntry:
+    """One cache folder under a cache root, as `trce-ray cache ls` shows it."""
+
+    path: Path
+    bytes: int
+    last_used: float  # seconds since the epoch: `last_used`, else the newest file
+    complete: bool
+    in_use: bool  # a process holds its lock now
+    model: str  # the model path it was built from ("?" before it completed)
+    settings: str  # steps, guidance, trajectories, store dtype
+
+
+def list_caches(root: str | Path) -> list[CacheEntry]:
+    """Every trajectory cache under `root`, least recently used first."""
+    from ..locks import lock_path
+
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        return []
+    out = []
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and (p / "spec.json").is_file()):
+        files = [f for f in d.rglob("*") if f.is_file()]
+        stamp = d / LAST_USED
+        last = stamp.stat().st_mtime if stamp.is_file() else max((f.stat().st_mtime for f in files), default=0.0)
+        try:
+            manifest = json.loads((d / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = None
+        spec = json.loads((d / "spec.json").read_text())
+        settings = (
+            f"{len(spec['trajectories'])} trajectories, {spec['steps']} steps, guidance {spec['guidance']:g}, "
+            f"{spec['store_dtype']}"
+        )
+        out.append(
+            CacheEntry(
+                d,
+                sum(f.stat().st_size for f in files),
+                last,
+                manifest is not None,
+                _locked(lock_path(d)),
+                (manifest or {}).get("model_path", "?"),
+                settings,
+            )
+        )
+    return sorted(out, key=lambda e: e.last_used)
+
+
+def _locked(path: Path) -> bool:
+    import fcntl
+
+    if not path.is_file():
+        return False
+    try:
+        with open(path) as f:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def caches_to_prune(
+    entries: list[CacheEntry], older_than_s: float | None, max_bytes: int | None, now: float | None = None
+) -> list[CacheEntry]:
+    """What `prune` removes: caches unused for `older_than_s`, then the least recently used until the rest fit in
+    `max_bytes`. Caches in use are never chosen."""
+    now = time.time() if now is None else now
+    chosen = [e for e in entries if older_than_s is not None and now - e.last_used > older_than_s]
+    if max_bytes is not None:
+        left = sum(e.bytes for e in entries if e not in chosen)
+        for e in sorted(entries, key=lambda e: e.last_used):
+            if left <= max_bytes:
+                break
+            if e not in chosen:
+                chosen.append(e)
+                left -= e.bytes
+    return [e for e in chosen if not e.in_use]
+
+
+def remove_cache(entry: CacheEntry) -> bool:
+    """Delete one cache under its lock; False when a process started using it meanwhile."""
+    import shutil
+
+    try:
+        with hold(entry.path, "trajectory cache"):
+            shutil.rmtree(entry.path)
+    except TRCEError:
+        return False
+    return True

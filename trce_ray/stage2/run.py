@@ -15,10 +15,13 @@ from pathlib import Path
 
 import yaml
 
-from ..artifacts import atomic_dir, write_json
+from ..artifacts import atomic_dir, check_output, delta_metadata, load_delta, write_json
 from ..config import TRCEConfig
 from ..errors import TRCEError
-from .cache import CacheInfo, build_cache, ensure_ray
+from ..interrupts import keep
+from ..locks import hold
+from ..ray_runtime import ensure_ray
+from .cache import CacheInfo, build_cache
 from .plan import DrawPlan, TrajectorySpec, make_plan
 from .worker import DELTA_FILE, METRICS_FILE, NonFiniteLoss, TrainJob, train_loop_per_worker
 
@@ -51,12 +54,27 @@ def plan_for(cfg: TRCEConfig) -> tuple[DrawPlan, list[TrajectorySpec]]:
 
 
 def check_stage1_dir(cfg: TRCEConfig, stage1_dir: str | Path) -> Path:
-    d = Path(stage1_dir).expanduser()
+    """The stage-1 folder stage 2 starts from, as an absolute path (workers on other nodes and other working
+    directories read it), after checking its delta is readable and was made from this config's model.
+
+    Raises:
+        TRCEError: not a stage-1 folder, an unreadable stage1.safetensors (naming it), or another base model.
+    """
+    from ..models.erased import check_base_fingerprint
+
+    d = Path(stage1_dir).expanduser().resolve()
+    if not d.is_dir():
+        raise TRCEError(f"stage-1 folder {stage1_dir} does not exist")
     if not (d / "stage1.safetensors").is_file() or not (d / "config.yaml").is_file():
         raise TRCEError(f"{d} is not a stage-1 output folder (needs stage1.safetensors and config.yaml)")
-    base = yaml.safe_load((d / "config.yaml").read_text())["model"]["path"]
-    if base != cfg.model.path:
-        raise TRCEError(f"the stage-1 edit in {d} was made for model {base!r}, not {cfg.model.path!r}")
+    delta = d / "stage1.safetensors"
+    load_delta(delta)  # a damaged file fails here, naming itself, not later on a worker
+    if cfg.model.check_base and delta_metadata(delta).get("base_fingerprint"):
+        check_base_fingerprint(cfg.model.path, [delta])
+    else:  # made before fingerprints were stamped (or the check is off): the recorded path must match
+        base = yaml.safe_load((d / "config.yaml").read_text())["model"]["path"]
+        if cfg.model.check_base and base != cfg.model.path:
+            raise TRCEError(f"the stage-1 edit in {d} was made for model {base!r}, not {cfg.model.path!r}")
     return d
 
 
@@ -91,54 +109,66 @@ def run_stage2(
         train_loop: the Ray Train loop each worker runs, given {"job": TrainJob} (tests pass one that runs a
             `TrainWorker` subclass: fault drills, counters).
     """
+    from ..models.loading import model_fingerprint, resolve_model_path
+
+    output = Path(output).expanduser().resolve()
+    with hold(output):
+        check_output(output, overwrite)
+        s1 = check_stage1_dir(cfg, stage1_dir) if stage1_dir is not None else None
+        if cfg.train.precision != "fp32" and cfg.train.use_gpu is False:
+            raise TRCEError(f"train.precision {cfg.train.precision} needs GPUs; use fp32 on CPU")
+        plan, specs = plan_for(cfg)
+        cache = build_cache(cfg, specs, progress)
+        delta_path = s1 / "stage1.safetensors" if s1 else None
+        operational = {"max_failures", "storage", "checkpoint_every", "cpus_per_worker"}  # do not change weights
+        job_id = hashlib.sha256(
+            json.dumps(
+                {
+                    "train": cfg.train.model_dump(mode="json", exclude=operational),
+                    "seed": cfg.seed,
+                    "cache": cache.path.name,
+                    "stage1": _file_hash(delta_path),
+                    "model": cfg.model.path,
+                },
+                sort_keys=True,
+            ).encode()
+        ).hexdigest()[:16]
+        work = work_dir(output)
+        storage = Path(cfg.train.storage).expanduser().resolve() if cfg.train.storage else work / "train"
+        run_name = f"stage2-{job_id}"
+        local = cfg.train.num_workers == 0
+        job = TrainJob(
+            cfg=cfg,
+            model_path=resolve_model_path(cfg.model.path),
+            stage1_delta=str(delta_path) if delta_path else None,
+            cache_dir=str(cache.path),
+            plan=plan,
+            prompts={s.index: s.prompt for s in specs if s.kind == "malicious"},
+            delta_metadata={
+                "base_model": cfg.model.path,
+                "base_fingerprint": model_fingerprint(cfg.model.path),
+                "stage": "2",
+                "params": cfg.train.params,
+                "on_stage1": "yes" if delta_path else "no",
+            },
+            progress=progress,
+            local_checkpoints=str(storage / run_name / "local") if local else None,
+        )
+        with hold(storage / run_name, "stage-2 checkpoint folder"):  # `train.storage` may be shared by outputs
+            result = _fit(cfg, job, storage, run_name, train_loop)
+            metrics, names = _write_output(cfg, output, overwrite, s1, result, cache, plan, job)
+            shutil.rmtree(storage / run_name, ignore_errors=True)
+        _remove_if_empty(storage, work)
+    return Stage2Result(output, cache, plan.steps, metrics[-1]["loss"], names)
+
+
+def _fit(cfg: TRCEConfig, job: TrainJob, storage: Path, run_name: str, train_loop):
+    """Ray Train's `TorchTrainer.fit`, resuming from the checkpoints under `storage / run_name`."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
-    from ..models.loading import resolve_model_path
-
-    output = Path(output).expanduser().resolve()
-    if output.exists() and not overwrite:
-        raise TRCEError(f"output folder {output} already exists; choose another --output or pass --overwrite")
-    s1 = check_stage1_dir(cfg, stage1_dir) if stage1_dir is not None else None
-    if cfg.train.precision != "fp32" and cfg.train.use_gpu is False:
-        raise TRCEError(f"train.precision {cfg.train.precision} needs GPUs; use fp32 on CPU")
-    plan, specs = plan_for(cfg)
-    cache = build_cache(cfg, specs, progress)
-    delta_path = s1 / "stage1.safetensors" if s1 else None
-    operational = {"max_failures", "storage", "checkpoint_every", "cpus_per_worker"}  # do not change the weights
-    job_id = hashlib.sha256(
-        json.dumps(
-            {
-                "train": cfg.train.model_dump(mode="json", exclude=operational),
-                "seed": cfg.seed,
-                "cache": cache.path.name,
-                "stage1": _file_hash(delta_path),
-                "model": cfg.model.path,
-            },
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:16]
-    work = work_dir(output)
-    storage = Path(cfg.train.storage).expanduser().resolve() if cfg.train.storage else work / "train"
-    run_name = f"stage2-{job_id}"
-    local = cfg.train.num_workers == 0
-    job = TrainJob(
-        cfg=cfg,
-        model_path=resolve_model_path(cfg.model.path),
-        stage1_delta=str(delta_path) if delta_path else None,
-        cache_dir=str(cache.path),
-        plan=plan,
-        prompts={s.index: s.prompt for s in specs if s.kind == "malicious"},
-        delta_metadata={
-            "base_model": cfg.model.path,
-            "stage": "2",
-            "params": cfg.train.params,
-            "on_stage1": "yes" if delta_path else "no",
-        },
-        progress=progress,
-        local_checkpoints=str(storage / run_name / "local") if local else None,
-    )
     storage.mkdir(parents=True, exist_ok=True)
+    keep(f"the stage-2 checkpoints in {storage / run_name}")
     ensure_ray()
     t = cfg.train
     trainer = TorchTrainer(
@@ -156,15 +186,19 @@ def run_stage2(
     )
     kept = f"checkpoints kept in {storage / run_name}; rerun to resume"
     try:
-        result = trainer.fit()
+        return trainer.fit()
     except TrainingFailedError as err:
         raise TRCEError(f"{_worker_message(err)} ({kept})") from err
     except NonFiniteLoss as err:  # local mode raises the worker's own exception
         raise TRCEError(f"{err} ({kept})") from err
+
+
+def _write_output(cfg, output, overwrite, s1, result, cache, plan, job) -> tuple[list[dict], list[str]]:
+    """The erase folder from the last checkpoint: stage-1 files (if any), stage2.safetensors, metrics, summary."""
     with result.checkpoint.as_directory() as d:
         d = Path(d)
         if not (d / DELTA_FILE).is_file():
-            raise TRCEError(f"the last checkpoint in {storage} holds no {DELTA_FILE}; the run did not finish")
+            raise TRCEError(f"the last checkpoint {d} holds no {DELTA_FILE}; the run did not finish")
         metrics = [json.loads(x) for x in (d / METRICS_FILE).read_text().splitlines() if x]
         with atomic_dir(output, overwrite=overwrite) as tmp:
             if s1:
@@ -181,6 +215,7 @@ def run_stage2(
             summary = {
                 "steps": plan.steps,
                 "final_loss": metrics[-1]["loss"],
+                "base_fingerprint": job.delta_metadata["base_fingerprint"],
                 "cache": str(cache.path),
                 "cache_denoiser_rows": cache.denoiser_rows,
                 "cache_reused": cache.reused,
@@ -188,9 +223,7 @@ def run_stage2(
                 "start": "stage1" if s1 else "original",
             }
             write_json(tmp / "stage2_summary.json", summary)
-    shutil.rmtree(storage / run_name, ignore_errors=True)
-    _remove_if_empty(storage, work)
-    return Stage2Result(output, cache, plan.steps, metrics[-1]["loss"], names)
+    return metrics, names
 
 
 def training_curve(folder: str | Path) -> list[dict]:
