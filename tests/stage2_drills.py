@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import ray.cloudpickle
 
+from trce_ray.stage2.cache import ShardWorker
 from trce_ray.stage2.worker import TrainWorker
 
 CRASH_STEP = 3
@@ -53,6 +55,31 @@ class CountModels(TrainWorker):
         finally:
             ModelMixin.__init__ = original
             (drill_dir(self.job) / f"models_built-rank{self.rank}.json").write_text(json.dumps(built))
+
+
+class SlowSteps(TrainWorker):
+    """Sleeps after every step, so a test can signal the run while it trains."""
+
+    def after_step(self, step: int) -> None:
+        time.sleep(SLOW_STEP_S)
+
+
+SLOW_STEP_S = 5.0
+
+
+def slow_loop(config: dict) -> None:
+    SlowSteps(config["job"]).run()
+
+
+class GatedShardWorker(ShardWorker):
+    """Samples a cache shard only once a file `go` exists beside the cache root, so a test can act mid-build."""
+
+    def __call__(self, batch):
+        gate = Path(self.job.shard_dir).parents[2] / "go"
+        deadline = time.monotonic() + 600
+        while not gate.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return super().__call__(batch)
 
 
 def crash_once_loop(config: dict) -> None:

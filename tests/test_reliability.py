@@ -279,3 +279,45 @@ def test_unreachable_or_dashboard_ray_address_is_one_sentence(monkeypatch):
     assert time.monotonic() - t0 < 10
     with pytest.raises(TRCEError, match="is a dashboard URL, which only `ray job submit` takes"):
         _join(ray, "http://127.0.0.1:8265")
+
+
+# ---- trajectory cache: damaged shards, ls and prune ------------------------------------------------------------
+def test_damaged_cache_shard_is_sampled_again_then_listed_and_pruned(tmp_path, tiny_sd_dir, ray_cluster, capsys):
+    import numpy as np
+
+    from trce_ray.stage2.cache import build_cache
+    from trce_ray.stage2.plan import make_plan
+    from trce_ray.stage2.shards import read_shard
+
+    from .test_stage2_units import PAIRS, stage2_config
+
+    cfg = stage2_config(tmp_path, tiny_sd_dir, **{"cache.steps": 4, "cache.shard_size": 4})
+    _, specs = make_plan(cfg, PAIRS)
+    first = build_cache(cfg, specs, progress=False)
+    shards = sorted((first.path / "shards").glob("*.parquet"))
+    before = {p.name: read_shard(p) for p in shards}
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    assert all(s["bytes"] > 0 and len(s["sha256"]) == 64 for s in manifest["shards"])
+
+    shards[0].unlink()  # deleted after completion: the manifest still lists it
+    data = bytearray(shards[1].read_bytes())
+    data[len(data) // 2] ^= 0xFF  # damaged in place: same size, other content
+    shards[1].write_bytes(bytes(data))
+    again = build_cache(cfg, specs, progress=False)
+    assert not again.reused and again.shards_built == 2 and again.path == first.path
+    assert "2 shard(s) missing or damaged" in capsys.readouterr().err
+    for p in shards[:2]:
+        assert all(np.array_equal(before[p.name][k], v) for k, v in read_shard(p).items())
+    assert build_cache(cfg, specs, progress=False).reused
+
+    root = str(cfg.cache.root)
+    assert main(["cache", "ls", "--cache-root", root]) == 0
+    listing = capsys.readouterr().out
+    assert first.path.name in listing and "complete" in listing and str(tiny_sd_dir) in listing
+    assert "4 steps" in listing and "1 caches" in listing
+    assert main(["cache", "prune", "--cache-root", root, "--older-than", "1d"]) == 0
+    assert "deleted 0 caches" in capsys.readouterr().out and first.path.is_dir()  # used a moment ago
+    assert main(["cache", "prune", "--cache-root", root, "--max-size", "1K", "--dry-run"]) == 0
+    assert "would delete 1 caches" in capsys.readouterr().out and first.path.is_dir()
+    assert main(["cache", "prune", "--cache-root", root, "--max-size", "1K"]) == 0
+    assert "deleted 1 caches" in capsys.readouterr().out and not first.path.exists()

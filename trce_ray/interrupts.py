@@ -103,6 +103,11 @@ def install_handlers(command: str) -> dict:
     return previous
 
 
+def handlers_installed() -> bool:
+    """Whether the CLI's handlers are in charge (libraries must not replace them)."""
+    return _state["command"] is not None
+
+
 def reinstall_handlers() -> None:
     """Put our handlers back after a library replaced them (ray.init installs its own SIGTERM handler)."""
     if _state["command"] is not None and threading.current_thread() is threading.main_thread():

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import tempfile
+from contextlib import contextmanager
 from urllib.parse import urlparse
 
 from .errors import TRCEError
@@ -36,14 +37,32 @@ def ensure_ray(num_cpus: int | None = None):
 
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS", "").strip()
-        if address:
-            _join(ray, address)
-        else:
-            _start_local(ray, num_cpus)
-        from .interrupts import reinstall_handlers
-
-        reinstall_handlers()  # ray.init installs its own SIGTERM handler; ours says what was kept and exits 143
+        with _keep_our_sigterm_handler():
+            if address:
+                _join(ray, address)
+            else:
+                _start_local(ray, num_cpus)
     return ray
+
+
+@contextmanager
+def _keep_our_sigterm_handler():
+    """ray.init replaces the SIGTERM handler twice (sys.exit(15), then "kill the node, exit 1"); under the CLI,
+    whose handler says what was kept and exits 143, a SIGTERM during or after ray.init must reach that handler.
+    Ray's node processes still end with this process (Ray's exit hooks, and they die with their parent)."""
+    import ray._private.utils as utils
+
+    from .interrupts import handlers_installed, reinstall_handlers
+
+    original = getattr(utils, "set_sigterm_handler", None)
+    if handlers_installed() and original is not None:
+        utils.set_sigterm_handler = lambda handler: None
+    try:
+        yield
+    finally:
+        if original is not None:
+            utils.set_sigterm_handler = original
+        reinstall_handlers()
 
 
 def _join(ray, address: str) -> None:
@@ -111,6 +130,9 @@ def _start_local(ray, num_cpus: int | None) -> None:
             _node_ip_address=_LOOPBACK,
             _temp_dir=temp_dir,
         )
+    except Exception as err:  # Ray's own startup failures (a node that times out on an overloaded machine, ...)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TRCEError(f"could not start a local Ray instance ({first}); its logs are in {temp_dir}") from None
     except BaseException:
         shutil.rmtree(temp_dir, ignore_errors=True)
         raise

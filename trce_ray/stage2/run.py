@@ -18,7 +18,7 @@ import yaml
 from ..artifacts import atomic_dir, check_output, delta_metadata, load_delta, write_json
 from ..config import TRCEConfig
 from ..errors import TRCEError
-from ..interrupts import keep
+from ..interrupts import handlers_installed, keep
 from ..locks import hold
 from ..ray_runtime import ensure_ray
 from .cache import CacheInfo, build_cache
@@ -167,11 +167,18 @@ def _fit(cfg: TRCEConfig, job: TrainJob, storage: Path, run_name: str, train_loo
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
+    class Trainer(TorchTrainer):
+        def _register_sigint_handler(self, controller):
+            # Ray's own Ctrl-C handler aborts the run and exits 1; under the CLI, SIGINT must unwind like SIGTERM
+            # (say what was kept, exit 130). Called from Python, Ray's handler stays.
+            if not handlers_installed():
+                super()._register_sigint_handler(controller)
+
     storage.mkdir(parents=True, exist_ok=True)
     keep(f"the stage-2 checkpoints in {storage / run_name}")
     ensure_ray()
     t = cfg.train
-    trainer = TorchTrainer(
+    trainer = Trainer(
         train_loop,
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(
