@@ -76,7 +76,7 @@ def model_fingerprint(path: str) -> str:
     if not root.is_dir():
         return f"hub:{path}"
     root = root.resolve()
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in _FINGERPRINT_SKIP)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and _fingerprinted(p.relative_to(root).parts))
     stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in files)
     if stamp in _FINGERPRINT_MEMO:
         return _FINGERPRINT_MEMO[stamp]
@@ -102,6 +102,12 @@ def model_fingerprint(path: str) -> str:
             pass  # a read-only home only costs the hash again next time
     _FINGERPRINT_MEMO[stamp] = value
     return value
+
+
+def _fingerprinted(parts: tuple[str, ...]) -> bool:
+    """Model files only: not the components that do not shape predictions, and no hidden files (locks, hub caches,
+    .gitattributes), which come and go without changing a weight."""
+    return parts[0] not in _FINGERPRINT_SKIP and not any(p.startswith(".") for p in parts)
 
 
 def _memo_file(stamp: tuple) -> Path:
