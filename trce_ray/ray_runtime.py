@@ -87,7 +87,11 @@ def _join(ray, address: str) -> None:
             f"cannot reach the Ray cluster at RAY_ADDRESS={address} ({err.strerror or 'timed out'} after "
             f"{timeout:g} s); start it, fix the address, or unset RAY_ADDRESS to run on a private local instance"
         ) from None
-    ray.init(address=address, log_to_driver=True)
+    if host in ("127.0.0.1", "localhost", "::1"):  # a loopback-only cluster (e.g. another trce-ray's instance)
+        with _loopback_node({}):
+            ray.init(address=address, log_to_driver=True)
+    else:
+        ray.init(address=address, log_to_driver=True)
 
 
 def _host_port(address: str) -> tuple[str, int]:
@@ -103,39 +107,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _start_local(ray, num_cpus: int | None) -> None:
+@contextmanager
+def _loopback_node(env: dict[str, str]):
+    """While Ray starts or joins a node: its IP is 127.0.0.1, and `env` is set for the processes it starts.
+
+    Ray replaces a node IP (and a cluster address) of 127.0.0.1 by the host's address unless it believes clusters
+    are off; with them off, every gRPC server, agent and worker binds to the node IP, i.e. loopback. Both the flag
+    and the environment are restored once the node runs.
+    """
     import ray._private.ray_constants as constants
 
-    # Ray replaces a node IP of 127.0.0.1 by the host's address unless it believes clusters are off; then every
-    # gRPC server, agent and worker binds to the node IP, i.e. loopback. Ray's own processes started by the node
-    # (agents, workers) inherit the environment set here: the flag, and RAY_ADDRESS naming this instance, which
-    # Ray's state API inside Ray Train needs when other Ray instances run on the machine ("Found multiple active
-    # Ray instances"). The GCS port is chosen first so RAY_ADDRESS can be known before the node starts.
-    port = _free_port()
-    env = {
-        constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0",
-        constants.GCS_PORT_ENVIRONMENT_VARIABLE: str(port),
-        "RAY_ADDRESS": f"{_LOOPBACK}:{port}",
-    }
+    env = {constants.ENABLE_RAY_CLUSTERS_ENV_VAR: "0", **env}
     saved_flag, saved_env = constants.ENABLE_RAY_CLUSTER, {k: os.environ.get(k) for k in env}
     constants.ENABLE_RAY_CLUSTER = False
     os.environ.update(env)
-    temp_dir = tempfile.mkdtemp(prefix="trce-ray-")  # short: Ray's Unix socket paths must fit in 107 bytes
     try:
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            log_to_driver=True,
-            _node_ip_address=_LOOPBACK,
-            _temp_dir=temp_dir,
-        )
-    except Exception as err:  # Ray's own startup failures (a node that times out on an overloaded machine, ...)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TRCEError(f"could not start a local Ray instance ({first}); its logs are in {temp_dir}") from None
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
+        yield
     finally:
         constants.ENABLE_RAY_CLUSTER = saved_flag
         for k, v in saved_env.items():
@@ -143,6 +130,33 @@ def _start_local(ray, num_cpus: int | None) -> None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _start_local(ray, num_cpus: int | None) -> None:
+    import ray._private.ray_constants as constants
+
+    # Ray's own processes started by the node (agents, workers) inherit RAY_ADDRESS naming this instance, which
+    # Ray's state API inside Ray Train needs when other Ray instances run on the machine ("Found multiple active
+    # Ray instances"); the GCS port is chosen first so RAY_ADDRESS is known before the node starts.
+    port = _free_port()
+    env = {constants.GCS_PORT_ENVIRONMENT_VARIABLE: str(port), "RAY_ADDRESS": f"{_LOOPBACK}:{port}"}
+    temp_dir = tempfile.mkdtemp(prefix="trce-ray-")  # short: Ray's Unix socket paths must fit in 107 bytes
+    try:
+        with _loopback_node(env):
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=True,
+                _node_ip_address=_LOOPBACK,
+                _temp_dir=temp_dir,
+            )
+    except Exception as err:  # Ray's own startup failures (a node that times out on an overloaded machine, ...)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TRCEError(f"could not start a local Ray instance ({first}); its logs are in {temp_dir}") from None
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
     from .interrupts import scratch
 
     scratch(temp_dir)
