@@ -141,7 +141,9 @@ def test_eval_generates_scores_resumes_and_logs(ray_cluster, erase_dir, tiny_sd_
 
     # Resume: nothing generated or scored again, same numbers, files untouched.
     before = {p: p.stat().st_mtime_ns for p in ring_dir.glob("*.png")}
-    assert main(argv) == 0
+    assert main(argv) == 2  # the output exists: continuing it is explicit
+    assert "pass --resume to continue that evaluation" in capsys.readouterr().err
+    assert main(argv + ["--resume"]) == 0
     again = json.loads((out / "metrics.json").read_text())
     assert again["generated_images"] == 0 and again["metrics"] == m
     assert {p: p.stat().st_mtime_ns for p in ring_dir.glob("*.png")} == before
@@ -152,8 +154,6 @@ def test_eval_generates_scores_resumes_and_logs(ray_cluster, erase_dir, tiny_sd_
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(real / "a.png")
     (real / "b.png").write_bytes(b"\x89PNG broken")
     capsys.readouterr()
-    assert main(argv) == 2  # the output exists: continuing it is explicit
-    assert "pass --resume to continue that evaluation" in capsys.readouterr().err
     assert main(argv + ["--resume", "--fid-real-images", str(real)]) == 2
     assert f"image {real / 'b.png'} is unreadable" in capsys.readouterr().err
 

@@ -87,7 +87,10 @@ def remove_output(final: Path) -> None:
 def _remove_stale_partials(final: Path) -> None:
     """Partial folders of `final` left by a killed run (safe: the caller holds `final`'s lock)."""
     for p in final.parent.glob(f".{final.name}.partial-*"):
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 @contextmanager

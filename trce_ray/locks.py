@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import TRCEError
 
-_HELD: dict[str, list] = {}  # lock file -> [fd, depth] for the locks this process holds
+_HELD: dict[str, list] = {}  # lock file -> [fd, depth, parents it created] for the locks this process holds
 _GUARD = threading.Lock()
 
 
@@ -44,13 +44,27 @@ def _holder(path: Path) -> str:
     return f"pid {info.get('pid')} on {info.get('host')} (`{info.get('command', '?')}`, since {since})"
 
 
+def _missing_parents(folder: Path) -> list[Path]:
+    """The folders from `folder` up that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 def _open_locked(path: Path, wait: bool, what: str, target: Path) -> int:
     """Open `path` and flock it; retry when the file was replaced between open and lock (a holder removed it)."""
-    announced = False
+    announced, retries = False, 0
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError as err:
+            retries += 1  # another process removed the (empty) parent it had made, between our mkdir and open
+            if retries < 10:
+                continue
+            raise TRCEError(f"cannot write {what} {target}: {err.strerror} ({path.parent})") from None
         except OSError as err:
             raise TRCEError(f"cannot write {what} {target}: {err.strerror} ({path.parent})") from None
         try:
@@ -98,12 +112,13 @@ def hold(target: str | Path, what: str = "output", wait: bool = False) -> Iterat
         if held is not None:
             held[1] += 1
     if held is None:
+        made = _missing_parents(path.parent)
         fd = _open_locked(path, wait, what, target)
         info = {"pid": os.getpid(), "host": socket.gethostname(), "command": _command(), "time": time.time()}
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(info).encode(), 0)
         with _GUARD:
-            _HELD[key] = [fd, 1]
+            _HELD[key] = [fd, 1, made]
     try:
         yield path
     finally:
@@ -119,6 +134,11 @@ def hold(target: str | Path, what: str = "output", wait: bool = False) -> Iterat
             except OSError:
                 pass
             os.close(entry[0])
+            for folder in entry[2]:  # parents this lock created, if the command left them empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
 
 def _command() -> str:

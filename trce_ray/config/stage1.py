@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import field_validator, model_validator
 
-from .base import Section, at_least_one
+from .base import Section, at_least_one, non_negative
 
 TokenRole = Literal["eot", "key", "sot"]
 
@@ -57,11 +57,13 @@ class Stage1Config(Section):
             raise ValueError("eta must be > 0 and finite: it weights preservation and keeps the system solvable")
         return v
 
+    _ridge = field_validator("ridge")(non_negative)
+
     @field_validator("ridge")
     @classmethod
-    def _ridge(cls, v):
-        if not 0 <= v < math.inf:
-            raise ValueError("must be a finite number >= 0")
+    def _finite(cls, v):
+        if not math.isfinite(v):
+            raise ValueError("must be finite")
         return v
 
     _positive = field_validator("templates", "preserve_count", "batch_size")(at_least_one)

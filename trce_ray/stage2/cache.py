@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -245,10 +244,8 @@ def _shard_ok(f: Path, entry: dict) -> bool:
 
 def _touch(path: Path) -> None:
     """Record a use of the cache (what `trce-ray cache prune --older-than` goes by)."""
-    stamp = path / LAST_USED
     try:
-        stamp.touch()
-        os.utime(stamp)
+        (path / LAST_USED).touch()
     except OSError:
         pass  # a read-only shared cache is still usable
 
