@@ -6,50 +6,77 @@ import re
 
 import torch
 
-from .base import Conditioning, DiffusionAdapter, ParamKind, TextEmbeddings
+from ..errors import TRCEError
+from .base import Blocks, Conditioning, DiffusionAdapter, ParamKind, TextEmbeddings, TokenSegment
 from .tokens import first_eot_index
 
-_CROSS_KV = re.compile(r"\.attn2\.to_[kv]\.weight$")
-_VISUAL = re.compile(r"\.attn1\.to_(q|k|v|out\.0)\.(weight|bias)$|\.attn2\.to_q\.(weight|bias)$")
-_KV = re.compile(r"\.attn2\.to_[kv]\.(weight|bias)$")
+CROSS_KV = re.compile(r"\.attn2\.to_[kv]\.weight$")
+UNET_SETS = {
+    "visual": re.compile(r"\.attn1\.to_(q|k|v|out\.0)\.(weight|bias)$|\.attn2\.to_q\.(weight|bias)$"),
+    "kv": re.compile(r"\.attn2\.to_[kv]\.(weight|bias)$"),
+}
+
+
+def in_unet_blocks(name: str, blocks: str) -> bool:
+    """Whether UNet parameter `name` lies in `blocks`: "all", or "encoder" (the down blocks; not mid, not up)."""
+    return blocks == "all" or name.startswith("down_blocks.")
+
+
+def clip_tokens(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """CLIP ids [B, 77] exactly as the pipelines tokenize: padded to the maximum length, truncated."""
+    return tokenizer(
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    ).input_ids
+
+
+def clip_token_pair(tokenizers, prompts: list[str], family: str) -> list[torch.Tensor]:
+    """Ids of two CLIP tokenizers (SDXL, SD3), whose first [EoT] must sit at the same position.
+
+    The second tokenizer pads with "!" (id 0, which a literal "!" in a prompt also is), so [EoT] is found from each
+    tokenizer's own [EoT] id, never from the pad id or a word count.
+    """
+    ids = [clip_tokens(t, prompts) for t in tokenizers]
+    eot = [first_eot_index(i, t.eos_token_id) for i, t in zip(ids, tokenizers)]
+    if not torch.equal(eot[0], eot[1]):
+        raise TRCEError(f"{family}'s two CLIP tokenizers put the first [EoT] at different positions; they must agree")
+    return ids
+
+
+def clip_segment(tokenizer, ids: torch.Tensor, start: int = 0) -> TokenSegment:
+    return TokenSegment("clip", start, ids, tokenizer.eos_token_id, tokenizer, has_start_token=True)
 
 
 class SDAdapter(DiffusionAdapter):
     family = "sd"
-
-    @classmethod
-    def matches(cls, pipe) -> bool:
-        return type(pipe).__name__ in {"StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline"}
+    pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
+    stream_names = ("clip",)
+    default_token_roles = {"clip": ("eot",)}  # the paper's choice (Sec. 4.1, Table 4)
 
     @property
     def denoiser(self) -> torch.nn.Module:
         return self.pipe.unet
 
-    @property
-    def tokenizer(self):
-        return self.pipe.tokenizer
-
-    def num_text_streams(self) -> int:
-        return 1
-
     @torch.no_grad()
     def encode_text(self, prompts: list[str], stream: int = 0) -> TextEmbeddings:
         if stream != 0:
             raise ValueError(f"SD has one text stream, got stream={stream}")
-        tok = self.tokenizer
-        ids = tok(
-            list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
+        ids = clip_tokens(self.tokenizer, prompts)
         enc = self.pipe.text_encoder
         hidden = enc(ids.to(enc.device))[0]
-        return TextEmbeddings(hidden=hidden, input_ids=ids, eot_index=first_eot_index(ids, tok.eos_token_id))
+        return TextEmbeddings(hidden=hidden, segments=[clip_segment(self.tokenizer, ids)])
 
-    def edit_targets(self) -> dict[str, int]:
-        return {n: 0 for n, _ in self.denoiser.named_parameters() if _CROSS_KV.search(n)}
+    def edit_targets(self, pooled: bool | None = None, blocks: Blocks = "default") -> dict[str, int]:
+        blocks = self.resolve_blocks(blocks, self.default_edit_blocks)
+        return {n: 0 for n, _ in self.denoiser.named_parameters() if CROSS_KV.search(n) and in_unet_blocks(n, blocks)}
 
-    def trainable_parameter_names(self, kind: ParamKind) -> list[str]:
-        pattern = {"visual": _VISUAL, "kv": _KV}[kind]
-        return [n for n, _ in self.denoiser.named_parameters() if pattern.search(n)]
+    def trainable_parameter_names(self, kind: ParamKind, blocks: Blocks = "default") -> list[str]:
+        blocks = self.resolve_blocks(blocks, self.default_train_blocks)
+        pattern = UNET_SETS[kind]
+        return [n for n, _ in self.denoiser.named_parameters() if pattern.search(n) and in_unet_blocks(n, blocks)]
 
     def condition(self, prompts: list[str]) -> Conditioning:
         return Conditioning(hidden=self.encode_text(prompts).hidden)

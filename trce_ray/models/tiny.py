@@ -150,9 +150,10 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
 
 
 def tiny_t5_encoder(d_model: int = 32) -> T5EncoderModel:
+    """A random T5 encoder in eval mode (T5's config has dropout 0.1, which `from_pretrained` switches off too)."""
     return T5EncoderModel(
         T5Config(vocab_size=T5_VOCAB_SIZE, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4)
-    )
+    ).eval()
 
 
 def _flow_vae() -> AutoencoderKL:
