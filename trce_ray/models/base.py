@@ -59,11 +59,16 @@ class TokenSegment:
     eos_id: int  # CLIP's [EoT] or T5's </s>: the first one closes the prompt
     tokenizer: Any  # maps a keyword's character span to token positions (the "key" role)
     has_start_token: bool  # CLIP has [SoT] at position 0; T5 has none
+    joint_eot: torch.Tensor | None = None  # [B] when two tokenizers share the segment (SDXL, SD3): see eot_index
 
     @property
     def eot_index(self) -> torch.Tensor:
-        """[B] position (within the segment) of the first [EoT] / </s>, from token ids, never from word counts."""
-        return first_eot_index(self.input_ids, self.eos_id)
+        """[B] position (within the segment) of the first [EoT] / </s>, from token ids, never from word counts.
+
+        With two CLIP tokenizers side by side it is the first position where both halves have reached their [EoT]:
+        they can differ, since diffusers' second tokenizer splits "!!" into two "!" pad tokens (diffusers#4153).
+        """
+        return first_eot_index(self.input_ids, self.eos_id) if self.joint_eot is None else self.joint_eot
 
 
 @dataclass
@@ -131,6 +136,7 @@ class DiffusionAdapter(ABC):
     default_token_roles: ClassVar[dict[str, tuple[str, ...]]]  # per token segment, e.g. {"clip": ("eot",)}
     default_pooled_edit: ClassVar[bool] = False  # stage 1 edits the pooled path unless told otherwise
     default_edit_blocks: ClassVar[str] = "all"  # which blocks' edit targets stage 1 uses by default
+    singular_hints: ClassVar[dict[int, str]] = {}  # why a stream's stage-1 system is singular by construction
     default_train_blocks: ClassVar[str] = "all"  # stage 2 by default ("all", "encoder", or e.g. FLUX's "double")
 
     def __init__(self, pipe):

@@ -6,7 +6,6 @@ import re
 
 import torch
 
-from ..errors import TRCEError
 from .base import Blocks, Conditioning, DiffusionAdapter, ParamKind, TextEmbeddings, TokenSegment
 from .tokens import first_eot_index
 
@@ -33,21 +32,22 @@ def clip_tokens(tokenizer, prompts: list[str]) -> torch.Tensor:
     ).input_ids
 
 
-def clip_token_pair(tokenizers, prompts: list[str], family: str) -> list[torch.Tensor]:
-    """Ids of two CLIP tokenizers (SDXL, SD3), whose first [EoT] must sit at the same position.
+def clip_token_pair(tokenizers, prompts: list[str]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Ids of two CLIP tokenizers (SDXL, SD3) and, per prompt, the first position where both reached [EoT].
 
-    The second tokenizer pads with "!" (id 0, which a literal "!" in a prompt also is), so [EoT] is found from each
-    tokenizer's own [EoT] id, never from the pad id or a word count.
+    diffusers' second tokenizer pads with "!" (id 0) and, as that is a special token, splits any run of "!" in a
+    prompt into single "!" tokens (diffusers#4153: "!!" is one token in the first tokenizer and in OpenCLIP, two
+    here), so the two [EoT]s can sit at different positions of the concatenated states. Each is found from its own
+    [EoT] id, never from the pad id (a literal "!" is id 0 too) or a word count; the later one is the first row
+    where both halves have read the whole prompt.
     """
     ids = [clip_tokens(t, prompts) for t in tokenizers]
     eot = [first_eot_index(i, t.eos_token_id) for i, t in zip(ids, tokenizers)]
-    if not torch.equal(eot[0], eot[1]):
-        raise TRCEError(f"{family}'s two CLIP tokenizers put the first [EoT] at different positions; they must agree")
-    return ids
+    return ids, torch.maximum(eot[0], eot[1])
 
 
-def clip_segment(tokenizer, ids: torch.Tensor, start: int = 0) -> TokenSegment:
-    return TokenSegment("clip", start, ids, tokenizer.eos_token_id, tokenizer, has_start_token=True)
+def clip_segment(tokenizer, ids: torch.Tensor, start: int = 0, joint_eot: torch.Tensor | None = None) -> TokenSegment:
+    return TokenSegment("clip", start, ids, tokenizer.eos_token_id, tokenizer, True, joint_eot)
 
 
 class SDAdapter(DiffusionAdapter):

@@ -21,7 +21,11 @@ class SD3Adapter(DiTAdapter):
     pipeline_classes = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
     stream_names = ("joint", "pooled")
     default_token_roles = {"clip": ("eot",), "t5": ("eot", "last")}
-    default_pooled_edit = False  # 2048-d: 1,000 preservation + 300 erase prompts cannot span it (singular)
+    default_pooled_edit = False  # exactly singular without a ridge (below)
+    singular_hints = {
+        1: "SD3's pooled vector joins two LayerNorm outputs (each on an affine hyperplane), so the concatenation "
+        "always lies in a hyperplane through 0 and no prompt set spans it: editing it needs stage1.ridge > 0"
+    }
     sequence_cap = 256  # StableDiffusion3Pipeline's max_sequence_length default
 
     @property
@@ -32,13 +36,13 @@ class SD3Adapter(DiTAdapter):
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list]:
         """(joint token states [B, 77 + L, 4096], pooled [B, 2048], token segments) for `prompts`."""
         p = self.pipe
-        ids = clip_token_pair((p.tokenizer, p.tokenizer_2), prompts, "SD3")
+        ids, eot = clip_token_pair((p.tokenizer, p.tokenizer_2), prompts)
         outs = [
             enc(i.to(enc.device), output_hidden_states=True) for i, enc in zip(ids, (p.text_encoder, p.text_encoder_2))
         ]
         clip = torch.cat([o.hidden_states[-2] for o in outs], dim=-1)
         pooled = torch.cat([o[0] for o in outs], dim=-1)  # each encoder's projected text_embeds
-        segments = [clip_segment(p.tokenizer, ids[0])]
+        segments = [clip_segment(p.tokenizer, ids[0], joint_eot=eot)]  # roles from tokenizer 1 (as OpenCLIP)
         width, length = self.denoiser.config.joint_attention_dim, self.max_sequence_length
         if p.text_encoder_3 is None:  # the pipeline's T5-less mode: zeros in place of T5
             t5 = torch.zeros(len(prompts), length, width, dtype=clip.dtype, device=clip.device)

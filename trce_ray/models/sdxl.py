@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Blocks, Conditioning, TextEmbeddings
+from .base import Blocks, Conditioning, TextEmbeddings, TokenSegment
 from .sd import SDAdapter, clip_segment, clip_token_pair
 
 POOLED_TARGET = "add_embedding.linear_1.weight"
@@ -27,19 +27,20 @@ class SDXLAdapter(SDAdapter):
     default_train_blocks = "all"  # appendix F: stage 2 "basically follows A.3" (all visual layers), with LoRA
 
     @torch.no_grad()
-    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(token states [B, 77, 2048], pooled [B, 1280], ids of tokenizer 1) for `prompts`."""
+    def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, TokenSegment]:
+        """(token states [B, 77, 2048], pooled [B, 1280], their token segment) for `prompts`."""
         p = self.pipe
-        ids = clip_token_pair((p.tokenizer, p.tokenizer_2), prompts, "SDXL")
+        ids, eot = clip_token_pair((p.tokenizer, p.tokenizer_2), prompts)
         out_1 = p.text_encoder(ids[0].to(p.text_encoder.device), output_hidden_states=True)
         out_2 = p.text_encoder_2(ids[1].to(p.text_encoder_2.device), output_hidden_states=True)
         hidden = torch.cat([out_1.hidden_states[-2], out_2.hidden_states[-2]], dim=-1)
-        return hidden, out_2[0], ids[0]  # out_2[0]: encoder 2's projected pooled text_embeds
+        # out_2[0]: encoder 2's projected pooled text_embeds; token roles use tokenizer 1 (it tokenizes as OpenCLIP)
+        return hidden, out_2[0], clip_segment(p.tokenizer, ids[0], joint_eot=eot)
 
     def encode_text(self, prompts: list[str], stream: int = 0) -> TextEmbeddings:
-        hidden, pooled, ids = self._encode(prompts)
+        hidden, pooled, segment = self._encode(prompts)
         if stream == 0:
-            return TextEmbeddings(hidden=hidden, segments=[clip_segment(self.pipe.tokenizer, ids)])
+            return TextEmbeddings(hidden=hidden, segments=[segment])
         if stream == 1:
             return TextEmbeddings(hidden=pooled[:, None])
         raise ValueError(f"SDXL has text streams 0 (tokens) and 1 (pooled), got stream={stream}")

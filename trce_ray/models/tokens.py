@@ -89,15 +89,19 @@ def role_notes(tokens: list[str] | None, roles: dict[str, list[str]]) -> list[st
     return notes
 
 
-def role_positions(
-    ids: torch.Tensor, eot: int, role: str, has_start_token: bool, key: list[int] | None = None
-) -> list[int]:
-    """Positions of `role` in one tokenized prompt (`ids` [L], `eot` its first [EoT]/</s>, `key` its key positions)."""
-    first = 1 if has_start_token else 0
+def role_positions(segment, i: int, role: str, key: list[int] | None = None) -> list[int]:
+    """Positions of `role` in prompt `i` of a `TokenSegment` (`key`: its keyword's positions, for the key role).
+
+    `eot` and `all` end at the segment's [EoT] (for two CLIP tokenizers side by side, where both halves reached it);
+    `last` is the last content token of the segment's own tokenizer.
+    """
+    eot = int(segment.eot_index[i])
     if role == "eot":
         return [eot]
     if role == "last":
-        return [eot - 1 if eot - 1 >= first else eot]  # an empty prompt has no content token: fall back to eot
+        own = int(first_eot_index(segment.input_ids[i : i + 1], segment.eos_id)[0])
+        first = 1 if segment.has_start_token else 0
+        return [own - 1 if own - 1 >= first else own]  # an empty prompt has no content token: fall back to eot
     if role == "all":
         return list(range(eot + 1))
     if role == "sot":

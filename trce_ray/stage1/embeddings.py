@@ -41,7 +41,7 @@ def role_rows(pairs: list[PromptPair], roles: Roles, m: TextEmbeddings, s: TextE
     if m.pooled:
         return [(i, 0) for i in range(len(pairs))], [(i, 0) for i in range(len(pairs))]
     for seg_m, seg_s in zip(m.segments, s.segments):
-        eot_m, eot_s = seg_m.eot_index.tolist(), seg_s.eot_index.tolist()
+        eot_s = seg_s.eot_index.tolist()
         length = seg_m.input_ids.shape[1]
         for i, pair in enumerate(pairs):
             for role in roles[seg_m.name]:
@@ -56,10 +56,9 @@ def role_rows(pairs: list[PromptPair], roles: Roles, m: TextEmbeddings, s: TextE
                     target = key_positions(seg_s.tokenizer, pair.target, pair.target_key, length) if marked else []
                     ps = (target[-1:] or [eot_s[i]]) * len(pm)
                 elif role == "all":
-                    pm = ps = role_positions(seg_m.input_ids[i], eot_m[i], "all", seg_m.has_start_token)
+                    pm = ps = role_positions(seg_m, i, "all")
                 else:
-                    pm = role_positions(seg_m.input_ids[i], eot_m[i], role, seg_m.has_start_token)
-                    ps = role_positions(seg_s.input_ids[i], eot_s[i], role, seg_s.has_start_token)
+                    pm, ps = role_positions(seg_m, i, role), role_positions(seg_s, i, role)
                 rows_m += [(i, seg_m.start + p) for p in pm]
                 rows_s += [(i, seg_s.start + p) for p in ps]
     return rows_m, rows_s

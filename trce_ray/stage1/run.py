@@ -69,7 +69,15 @@ def compute_stage1(
         gram_k, q = preserve_gram(adapter, keep, s1.preserve_tokens, stream, s1.batch_size, progress)
         t1 = time.perf_counter()
         stats = stream_statistics(e_m, e_s, gram_k, q)
-        maps[stream] = solve_map(stats, s1.eta, s1.ridge)
+        try:
+            maps[stream] = solve_map(stats, s1.eta, s1.ridge)
+        except TRCEError as err:
+            if stream not in adapter.singular_hints:
+                raise
+            name = adapter.stream_names[stream]
+            raise TRCEError(
+                f"the {name} stream's stage-1 system is singular: {adapter.singular_hints[stream]}"
+            ) from err
         timings["embed_s"] += t1 - t0
         timings["solve_s"] += time.perf_counter() - t1
         diag[stream] = (e_m, e_s, gram_k, q)
