@@ -106,6 +106,7 @@ def run_stage1(
     if pipe is None:
         pipe = load_model(cfg)
     adapter = adapter_for(pipe)
+    resolve_roles(adapter, s1.tokens)  # a role this model's text does not have fails before the folder appears
     with atomic_dir(output, overwrite=overwrite) as tmp:
         result = compute_stage1(adapter, pairs, keep, s1, progress)
         meta = {"format": "trce-ray-delta", "stage": "1", "base_model": cfg.model.path, "eta": str(s1.eta)}
