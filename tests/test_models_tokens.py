@@ -134,3 +134,18 @@ def test_empty_prompt_last_falls_back_to_eot(pipes):
     rows_m, rows_s = _rows(a, ["last"], erase="", target="", keys=(None, None))
     assert rows_m == rows_s == [(0, 0)]  # "" is just </s>
     assert torch.equal(a.encode_text([""]).segments[0].input_ids[0, :2], torch.tensor([1, 0]))
+
+
+def test_config_token_roles():
+    from pydantic import ValidationError
+
+    from trce_ray.config import Stage1Config
+
+    assert Stage1Config(concept="sexual").tokens is None  # the family's defaults
+    mapping = Stage1Config(concept="sexual", tokens={"clip": ["eot"], "t5": "last"})
+    assert mapping.tokens == ["clip:eot", "t5:last"]
+    assert Stage1Config(concept="sexual", tokens="t5:all").tokens == ["t5:all"]
+    with pytest.raises(ValidationError, match="unknown token role 'first'; choose from eot, last, key, all, sot"):
+        Stage1Config(concept="sexual", tokens=["first"])
+    with pytest.raises(ValidationError, match="unknown token segment 't6' in 't6:eot'; segments are clip, t5"):
+        Stage1Config(concept="sexual", tokens=["t6:eot"])
