@@ -40,7 +40,7 @@ def image_ids(h: int, w: int, device, dtype) -> torch.Tensor:
 
 class FluxAdapter(DiTAdapter):
     family = "flux"
-    pipeline_classes = ("FluxPipeline", "FluxImg2ImgPipeline")
+    pipeline_classes = ("FluxPipeline",)
     stream_names = ("t5", "pooled")
     default_token_roles = {"t5": ("eot", "last")}
     default_pooled_edit = True  # UCE's FLUX script edits it too; 768-d, well spanned by the preservation prompts

@@ -21,6 +21,12 @@ def in_unet_blocks(name: str, blocks: str) -> bool:
     return blocks == "all" or name.startswith("down_blocks.")
 
 
+def vae_latent_shape(pipe, denoiser, height: int | None, width: int | None) -> tuple[int, int, int]:
+    """(channels, h, w) of a VAE latent that the denoiser reads unpacked (UNets, SD3); default: its sample size."""
+    f, size = pipe.vae_scale_factor, denoiser.config.sample_size
+    return (denoiser.config.in_channels, (height // f) if height else size, (width // f) if width else size)
+
+
 def clip_tokens(tokenizer, prompts: list[str]) -> torch.Tensor:
     """CLIP ids [B, 77] exactly as the pipelines tokenize: padded to the maximum length, truncated."""
     return tokenizer(
@@ -85,6 +91,4 @@ class SDAdapter(DiffusionAdapter):
         return self.denoiser(latents, t, encoder_hidden_states=cond.hidden).sample
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-        f = self.pipe.vae_scale_factor
-        size = self.denoiser.config.sample_size
-        return (self.denoiser.config.in_channels, (height // f) if height else size, (width // f) if width else size)
+        return vae_latent_shape(self.pipe, self.denoiser, height, width)

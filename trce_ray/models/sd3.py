@@ -13,12 +13,12 @@ import torch
 
 from .base import Conditioning, TextEmbeddings
 from .dit import DiTAdapter, t5_segment, t5_tokens
-from .sd import clip_segment, clip_token_pair
+from .sd import clip_segment, clip_token_pair, vae_latent_shape
 
 
 class SD3Adapter(DiTAdapter):
     family = "sd3"
-    pipeline_classes = ("StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline")
+    pipeline_classes = ("StableDiffusion3Pipeline",)
     stream_names = ("joint", "pooled")
     default_token_roles = {"clip": ("eot",), "t5": ("eot", "last")}
     default_pooled_edit = False  # exactly singular without a ridge (below)
@@ -76,6 +76,4 @@ class SD3Adapter(DiTAdapter):
         )[0]
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
-        f = self.pipe.vae_scale_factor
-        size = self.denoiser.config.sample_size
-        return (self.denoiser.config.in_channels, (height // f) if height else size, (width // f) if width else size)
+        return vae_latent_shape(self.pipe, self.denoiser, height, width)

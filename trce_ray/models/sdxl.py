@@ -20,7 +20,7 @@ POOLED_TARGET = "add_embedding.linear_1.weight"
 
 class SDXLAdapter(SDAdapter):
     family = "sdxl"
-    pipeline_classes = ("StableDiffusionXLPipeline", "StableDiffusionXLImg2ImgPipeline")
+    pipeline_classes = ("StableDiffusionXLPipeline",)  # not the refiner: one encoder, aesthetic-score time ids
     stream_names = ("clip", "pooled")
     default_token_roles = {"clip": ("eot",)}  # CLIP is causal: [EoT] summarises the prompt, as in SD-1.4
     default_edit_blocks = "encoder"  # paper appendix F: stage 1 only in the UNet encoder (fewer layers changed)

@@ -17,12 +17,10 @@ from ..errors import TRCEError
 
 ROLES = ("eot", "last", "key", "all", "sot")
 SEGMENTS = ("clip", "t5")
-ROLE_HELP = {
-    "clip": "eot (the first [EoT]), last (the last content token), key (the [bracketed] keyword's tokens), "
-    "all (every non-pad position), sot ([SoT])",
-    "t5": "eot (the </s> T5 appends after the prompt), last (the last content token, before </s>), key (the "
-    "[bracketed] keyword's pieces), all (every non-pad position); T5 has no start token",
-}
+T5_ROLES = (
+    "eot (the </s> T5 appends after the prompt), last (the last content token, before </s>), key (the [bracketed] "
+    "keyword's pieces), all (every non-pad position); T5 has no start token"
+)
 
 
 def first_eot_index(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -71,7 +69,7 @@ def parse_roles(tokens: list[str] | None, segments: tuple[str, ...], defaults: d
                 f"token role {item!r} names the {seg} segment, but this model's text has only {', '.join(segments)}"
             )
         if role == "sot" and seg == "t5" or role == "sot" and not seg and segments == ("t5",):
-            raise TRCEError(f"token role 'sot' does not exist on the t5 segment; T5 roles are: {ROLE_HELP['t5']}")
+            raise TRCEError(f"token role 'sot' does not exist on the t5 segment; T5 roles are: {T5_ROLES}")
         for s in [seg] if seg else segments:
             if not (role == "sot" and s == "t5") and role not in out[s]:
                 out[s].append(role)
@@ -84,7 +82,7 @@ def role_notes(tokens: list[str] | None, roles: dict[str, list[str]]) -> list[st
     if tokens is not None and "eot" in roles.get("t5", []):
         notes.append(
             "on the t5 segment 'eot' is the </s> token T5 appends: T5 attends both ways, so </s> is not the prompt "
-            "summary that CLIP's causal [EoT] is (the paper's reason for eot); T5 roles are: " + ROLE_HELP["t5"]
+            "summary that CLIP's causal [EoT] is (the paper's reason for eot); T5 roles are: " + T5_ROLES
         )
     return notes
 
