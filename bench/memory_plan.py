@@ -11,7 +11,7 @@ What it prints:
   3. per-GPU memory for DDP fp32, DeepSpeed ZeRO-2 bf16, ZeRO-3 bf16 and LoRA r=16 on 1-8 GPUs, and the smallest
      setting that fits 80 GB and 141 GB GPUs; training FLOPs per step.
 
-    OMP_NUM_THREADS=1 python bench/memory_plan.py                      # everything, 1024 px (~5 min on 2 cores)
+    OMP_NUM_THREADS=1 python bench/memory_plan.py                      # all, 1024 px (4-12 min on 2 shared cores)
     OMP_NUM_THREADS=1 python bench/memory_plan.py --markdown           # the tables in docs/benchmarks.md form
     OMP_NUM_THREADS=1 python bench/memory_plan.py --resolution 512 --preserve 4
 
