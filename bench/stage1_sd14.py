@@ -19,11 +19,12 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig
 
-from trce_ray import stage1 as s1
 from trce_ray.concepts import expand_pack, load_pack, preserve_prompts
 from trce_ray.models import adapter_for
 from trce_ray.models.tiny import sd_pipeline, tiny_text_encoder, tiny_vae
 from trce_ray.models.tokenizer import BOS_ID, EOS_ID
+from trce_ray.stage1.closed_form import solve_map, stream_statistics
+from trce_ray.stage1.embeddings import erase_embeddings, gram_of
 
 SD14_UNET = dict(
     act_fn="silu",
@@ -99,7 +100,7 @@ def main() -> None:
     )
 
     t0 = time.perf_counter()
-    e_m, e_s = s1.erase_embeddings(adapter, pairs, ["eot"], batch_size=args.batch_size)
+    e_m, e_s = erase_embeddings(adapter, pairs, ["eot"], batch_size=args.batch_size)
     keep_hidden, keep_eot = [], []
     for i in range(0, len(keep), args.batch_size):
         enc = adapter.encode_text(keep[i : i + args.batch_size])
@@ -113,9 +114,9 @@ def main() -> None:
     t0 = time.perf_counter()
     gram, q = None, 0
     for h, eot in zip(keep_hidden, keep_eot):
-        g, c = s1.gram_of(h, eot)
+        g, c = gram_of(h, eot)
         gram, q = (g if gram is None else gram + g), q + c
-    m = s1.solve_map(s1.stream_statistics(e_m, e_s, gram, q), args.eta)
+    m = solve_map(stream_statistics(e_m, e_s, gram, q), args.eta)
     ours = {n: w.double() @ m for n, w in weights.items()}
     ours_s = time.perf_counter() - t0
 

@@ -21,8 +21,8 @@ from trce_ray.config import load_config
 from trce_ray.models import adapter_for
 from trce_ray.models.tiny import tiny_sd_pipeline
 from trce_ray.stage2.plan import MALICIOUS, make_plan, sampling_cost
+from trce_ray.stage2.run import plan_for
 from trce_ray.stage2.sampler import ddim_scheduler, sample_trajectories
-from trce_ray.stage2.train import plan_for
 
 
 class RowCounter:

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
+from trce_ray import load_erased
 from trce_ray.config import load_config, parse_set
-from trce_ray.erase import run_stage1
-from trce_ray.erased import load_erased
 from trce_ray.models import load_pipeline
+from trce_ray.stage1.run import run_stage1
 from trce_ray.stage2.cache import ensure_ray
-from trce_ray.stage2.train import run_stage2
+from trce_ray.stage2.run import run_stage2
 from trce_ray.toy.assets import load_toy_classifier, toy_pipeline_dir
 from trce_ray.toy.bench import SET_NAMES, classify, generate, prompt_sets, score
 from trce_ray.toy.demo import ToyDemoConfig

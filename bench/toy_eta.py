@@ -13,8 +13,8 @@ import argparse
 import torch
 
 from trce_ray.artifacts import apply_delta
-from trce_ray.erase import compute_stage1, stage1_prompts
 from trce_ray.models import adapter_for
+from trce_ray.stage1.run import compute_stage1, stage1_prompts
 from trce_ray.toy.assets import load_toy_classifier, load_toy_pipeline
 from trce_ray.toy.bench import SET_NAMES, classify, generate, prompt_sets, score
 from trce_ray.toy.demo import ToyDemoConfig, format_table

@@ -8,9 +8,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from trce_ray import load_erased
 from trce_ray.cli import main
 from trce_ray.config import load_config
-from trce_ray.erased import load_erased
 from trce_ray.models import adapter_for, load_pipeline
 
 SMALL = ["--templates", "2", "--synonyms", "3", "--set", "stage1.preserve_count=20"]
@@ -170,12 +170,12 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(case, tiny_sd_dir, tmp_
 
 
 def test_failure_mid_run_leaves_no_folder(tiny_sd_dir, tmp_path, monkeypatch):
-    import trce_ray.erase as erase
+    import trce_ray.stage1.run as stage1_run
 
     def boom(*a, **k):
         raise RuntimeError("simulated crash during the solve")
 
-    monkeypatch.setattr(erase, "compute_stage1", boom)
+    monkeypatch.setattr(stage1_run, "compute_stage1", boom)
     with pytest.raises(RuntimeError):
         _run("--model", tiny_sd_dir, "--concept", "sexual", "--output", tmp_path / "out", *SMALL)
     assert _nothing_written(tmp_path, "out")

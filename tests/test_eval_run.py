@@ -21,7 +21,7 @@ from trce_ray.evaluation.generation import ImageGenerator
 @pytest.fixture(scope="module")
 def erase_dir(tiny_sd_dir, tmp_path_factory):
     """A real stage-1 erase output of the tiny model (small pack so it takes a second)."""
-    from trce_ray.erase import run_stage1
+    from trce_ray.stage1.run import run_stage1
 
     out = tmp_path_factory.mktemp("erase") / "sexual"
     cfg = load_config(

@@ -9,7 +9,7 @@ from PIL import Image
 
 from trce_ray.config import EvalConfig, load_config
 from trce_ray.evaluation.prompts import load_prompt_set
-from trce_ray.evaluation.toy import ToyDetector, toy_metrics
+from trce_ray.toy.suite import ToyDetector, toy_metrics
 
 
 def test_toy_sets_are_the_toy_benchmarks_rows():
@@ -83,7 +83,7 @@ def test_toy_suite_end_to_end_matches_the_toy_benchmark(ray_cluster, tmp_path):
     """Original vs stage-1-erased toy model through `trce-ray eval`; the original's numbers equal the toy
     benchmark's own generate/classify/score on the same rows."""
     from trce_ray.cli import main
-    from trce_ray.erase import run_stage1
+    from trce_ray.stage1.run import run_stage1
     from trce_ray.toy.assets import load_toy_classifier, load_toy_pipeline
     from trce_ray.toy.bench import classify, generate, prompt_sets, score
     from trce_ray.toy.packs import pack_name, preserve_file

@@ -3,12 +3,13 @@
 import pytest
 import torch
 
-from trce_ray import stage1 as s1
 from trce_ray.concepts import PromptPair, expand_pack, load_pack
 from trce_ray.config import Stage1Config
-from trce_ray.erase import compute_stage1
 from trce_ray.errors import TRCEError
 from trce_ray.models import adapter_for
+from trce_ray.stage1.closed_form import solve_map, stream_statistics
+from trce_ray.stage1.embeddings import erase_embeddings, preserve_gram
+from trce_ray.stage1.run import compute_stage1
 
 PAIRS = [
     PromptPair("a photo of nudity", "a photo of a person wearing clothes"),
@@ -32,7 +33,7 @@ def _cfg(**kw):
 
 def reference_eq5(adapter, pairs, keep, eta, mode="all"):
     """Eq. 5 term by term, per layer and per embedding, in float64, with explicit normalisation."""
-    em, es = s1.erase_embeddings(adapter, pairs, ["eot"])
+    em, es = erase_embeddings(adapter, pairs, ["eot"])
     out = adapter.encode_text(keep)
     h = out.hidden.double()
     ek = h.reshape(-1, h.shape[-1]) if mode == "all" else h[torch.arange(len(keep)), out.eot_index]
@@ -60,10 +61,10 @@ def test_matches_direct_float64_eq5(tiny_pipe):
 
 def test_solve_map_is_exact_in_float64(tiny_pipe):
     adapter = adapter_for(tiny_pipe)
-    em, es = s1.erase_embeddings(adapter, PAIRS, ["eot"])
-    gram, q = s1.preserve_gram(adapter, KEEP)
-    stats = s1.stream_statistics(em, es, gram, q)
-    m = s1.solve_map(stats, eta=0.05)
+    em, es = erase_embeddings(adapter, PAIRS, ["eot"])
+    gram, q = preserve_gram(adapter, KEEP)
+    stats = stream_statistics(em, es, gram, q)
+    m = solve_map(stats, eta=0.05)
     lhs = m @ (stats.erase_gram + 0.05 * stats.preserve_gram)
     assert torch.allclose(lhs, stats.cross + 0.05 * stats.preserve_gram, rtol=0, atol=1e-10)
 
@@ -81,7 +82,7 @@ def test_tiny_eta_maps_malicious_to_safe(tiny_pipe):
     params = dict(adapter.denoiser.named_parameters())
     assert len(PAIRS) < 32  # fewer erase embeddings than dimensions: the map can be exact
     result = compute_stage1(adapter, PAIRS, KEEP, _cfg(eta=1e-4))
-    em, es = s1.erase_embeddings(adapter, PAIRS, ["eot"])
+    em, es = erase_embeddings(adapter, PAIRS, ["eot"])
     for name, w_new in result.delta.items():
         w = params[name].detach().double()
         target = es @ w.T
@@ -119,9 +120,9 @@ def test_weights_outside_edited_kv_are_bitwise_unchanged(tiny_pipe):
 def test_token_roles_add_rows(tiny_pipe):
     adapter = adapter_for(tiny_pipe)
     pack = expand_pack(load_pack("sexual"), n_templates=2, n_synonyms=3)
-    em1, _ = s1.erase_embeddings(adapter, pack, ["eot"])
-    em2, es2 = s1.erase_embeddings(adapter, pack, ["eot", "sot"])
-    emk, _ = s1.erase_embeddings(adapter, pack, ["key"])
+    em1, _ = erase_embeddings(adapter, pack, ["eot"])
+    em2, es2 = erase_embeddings(adapter, pack, ["eot", "sot"])
+    emk, _ = erase_embeddings(adapter, pack, ["key"])
     assert em1.shape[0] == len(pack) and em2.shape[0] == 2 * len(pack)
     n_key_tokens = sum(
         len(adapter.tokenizer(p.erase[slice(*p.erase_key)], add_special_tokens=False).input_ids) for p in pack

@@ -6,12 +6,12 @@ import os
 
 import torch
 
+from trce_ray import load_erased
 from trce_ray.artifacts import apply_delta, load_delta
 from trce_ray.cli import main
-from trce_ray.erased import load_erased
 from trce_ray.models import adapter_for
 from trce_ray.models.tiny import tiny_sd_pipeline
-from trce_ray.stage2.train import work_dir
+from trce_ray.stage2.run import work_dir
 
 from .test_stage2_units import stage2_config
 

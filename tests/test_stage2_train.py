@@ -10,14 +10,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from trce_ray import load_erased
 from trce_ray.artifacts import apply_delta, load_delta
-from trce_ray.erase import run_stage1
-from trce_ray.erased import load_erased
 from trce_ray.errors import TRCEError
 from trce_ray.models import adapter_for
 from trce_ray.models.tiny import tiny_sd_pipeline
-from trce_ray.stage2.train import run_stage2, work_dir
+from trce_ray.stage1.run import run_stage1
+from trce_ray.stage2.run import run_stage2, work_dir
 
+from .stage2_drills import count_models_loop, crash_once_loop
 from .test_stage2_units import stage2_config
 
 TWO = {"train.num_workers": 2, "train.cpus_per_worker": 0.5}
@@ -25,11 +26,12 @@ TWO = {"train.num_workers": 2, "train.cpus_per_worker": 0.5}
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, tiny_sd_dir, ray_cluster):
-    """Stage 1 on the tiny model, then an uninterrupted 2-worker DDP stage 2 (the reference run)."""
+    """Stage 1 on the tiny model, then an uninterrupted 2-worker DDP stage 2 (the reference run; its workers count
+    the models they build)."""
     tmp = tmp_path_factory.mktemp("stage2")
     cfg = stage2_config(tmp, tiny_sd_dir, **TWO)
     run_stage1(cfg, tmp / "s1", progress=False)
-    ref = run_stage2(cfg, tmp / "ddp", tmp / "s1", progress=False)
+    ref = run_stage2(cfg, tmp / "ddp", tmp / "s1", progress=False, train_loop=count_models_loop)
     return tmp, cfg, ref
 
 
@@ -54,8 +56,9 @@ def test_ddp_output_is_a_delta_on_stage1_and_nothing_else_moves(world):
             assert torch.equal(p, delta[name]) and not torch.equal(p, s1_params[name]), name
         else:
             assert torch.equal(p, s1_params[name]), name  # bitwise: frozen weights and the stage-1 edit survive
-    summary = json.loads((ref.output / "stage2_summary.json").read_text())
-    assert summary["models_built"]["UNet2DConditionModel"] == 1  # no reference model in the worker
+    for rank in (0, 1):  # one denoiser per worker, no reference model
+        built = json.loads((tmp / f"models_built-rank{rank}.json").read_text())
+        assert built["UNet2DConditionModel"] == 1, built
     assert [m["step"] for m in _metrics(ref.output)] == list(range(1, ref.steps + 1))
     assert not work_dir(ref.output).exists()  # checkpoints are cleaned up once the output is complete
 
@@ -65,9 +68,9 @@ def test_killed_run_resumes_to_the_same_weights(world):
     tmp, cfg, ref = world
     out = tmp / "killed"
     with pytest.raises(TRCEError, match="rerun to resume"):
-        run_stage2(cfg, out, tmp / "s1", progress=False, crash_at_step=3)
+        run_stage2(cfg, out, tmp / "s1", progress=False, train_loop=crash_once_loop)
     assert not out.exists()
-    resumed = run_stage2(cfg, out, tmp / "s1", progress=False, crash_at_step=3)  # the marker stops a second crash
+    resumed = run_stage2(cfg, out, tmp / "s1", progress=False, train_loop=crash_once_loop)  # crashes only once
     a, b = load_file(ref.output / "stage2.safetensors"), load_file(resumed.output / "stage2.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert _metrics(out) == _metrics(ref.output)
@@ -126,7 +129,7 @@ def _hand_written_run(cfg, stage1_file, model_dir):
     from trce_ray.stage2.loss import cached_draws_loss
     from trce_ray.stage2.params import select_trainable
     from trce_ray.stage2.plan import MALICIOUS, UNCONDITIONAL
-    from trce_ray.stage2.train import plan_for
+    from trce_ray.stage2.run import plan_for
 
     plan, specs = plan_for(cfg)
     adapter = adapter_for(load_pipeline(str(model_dir)))

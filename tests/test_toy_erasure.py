@@ -10,8 +10,8 @@ preservation 96.4%. Margins: the original must stay >= 85% (15 points), the edit
 import pytest
 import torch
 
-from trce_ray.erase import run_stage1
-from trce_ray.erased import load_erased
+from trce_ray import load_erased
+from trce_ray.stage1.run import run_stage1
 from trce_ray.toy.assets import load_toy_classifier, load_toy_pipeline
 from trce_ray.toy.bench import SET_NAMES, classify, generate, prompt_sets, score
 from trce_ray.toy.demo import ToyDemoConfig

@@ -4,8 +4,8 @@ reads ground truth off fresh renders."""
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from trce_ray.erase import resolve_model_path
 from trce_ray.models import adapter_for
+from trce_ray.models.loading import resolve_model_path
 from trce_ray.models.tokenizer import BOS_ID, CLIP_VOCAB_SIZE, EOS_ID
 from trce_ray.toy.assets import load_toy_classifier, load_toy_pipeline, toy_pipeline_dir, toy_weights_dir
 from trce_ray.toy.bench import classifier_accuracy

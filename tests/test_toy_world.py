@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from trce_ray.concepts import builtin_packs, expand_pack, load_pack
+from trce_ray.evaluation.fid import frechet_distance
 from trce_ray.toy import packs, world
-from trce_ray.toy.bench import frechet_distance, prompt_sets, score
+from trce_ray.toy.bench import prompt_sets, score
 
 
 def test_render_puts_the_object_colour_at_the_centre_and_background_in_the_corner():

@@ -27,9 +27,6 @@ from .errors import ConfigError, TRCEError
 
 TRIALS_DIR = "trials"
 METRICS_FILE = "metrics.json"
-DEFAULT_PLOTS = {
-    "toy": ["toy/direct", "toy/paraphrase", "toy/preservation", "toy/neighbours"],
-}
 
 
 @dataclass(frozen=True)
@@ -116,8 +113,8 @@ def eval_config(cfg: TRCEConfig, erase_dir: Path, image_dir: Path) -> TRCEConfig
 
 def run_trial_folder(trial: Trial, root: Path, stages: tuple[str, ...]) -> dict:
     """Erase and evaluate one grid point into `root/<trial.name>`; reuse it when it is already complete."""
-    from .erased import is_erase_output
     from .evaluation.runner import run_eval
+    from .models.erased import is_erase_output
 
     folder = root / trial.name
     done = folder / METRICS_FILE
@@ -126,14 +123,9 @@ def run_trial_folder(trial: Trial, root: Path, stages: tuple[str, ...]) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     erase_dir = folder / "erase"
     if not is_erase_output(erase_dir):
-        if stages == ("text",):
-            from .erase import run_stage1
+        from .workflow import run_erasure
 
-            run_stage1(trial.cfg, erase_dir, overwrite=True, progress=False)
-        else:
-            from .stage2.pipeline import run_erase
-
-            run_erase(trial.cfg, erase_dir, stages, overwrite=True, progress=False)
+        run_erasure(trial.cfg, erase_dir, stages, overwrite=True, progress=False)
     ecfg = eval_config(trial.cfg, erase_dir, root.parent / "images")
     result = run_eval(ecfg, folder / "eval", overwrite=True, progress=False)
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
@@ -147,7 +139,7 @@ def tune_trainable(space: dict) -> None:
     from ray import tune
 
     from .quiet import quiet_libraries
-    from .stage2.pipeline import parse_stages
+    from .workflow import parse_stages
 
     quiet_libraries()
     torch.set_num_threads(1)
@@ -204,7 +196,10 @@ def write_table(rows: list[dict], out: Path) -> list[str]:
 
 
 def plot_metrics(cfg: TRCEConfig) -> list[str]:
-    chosen = list(cfg.sweep.plot) or DEFAULT_PLOTS.get(cfg.eval.suite or "", [])
+    from .evaluation.registry import suites
+
+    plugin = suites().get(cfg.eval.suite or "")
+    chosen = list(cfg.sweep.plot) or list(plugin.plots if plugin is not None else [])
     if cfg.sweep.metric and cfg.sweep.metric not in chosen:
         chosen.insert(0, cfg.sweep.metric)
     return chosen
@@ -272,7 +267,7 @@ def run_sweep(
     cfg: TRCEConfig, output: str | Path, overwrite: bool = False, resume: bool = False, progress: bool = True
 ) -> SweepResult:
     """Run every grid point of `cfg.sweep` as a Ray Tune trial and summarise them in `output`."""
-    from .stage2.pipeline import parse_stages
+    from .workflow import parse_stages
 
     stages = parse_stages(cfg.sweep.stages)
     trials = grid_trials(cfg)

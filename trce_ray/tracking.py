@@ -255,7 +255,7 @@ def track(
 
 def lineage(cfg, erase_dir: str | Path) -> dict[str, str]:
     """What an erased model was made from: base model, concept pack or prompt files, eta/beta/lambda, stages."""
-    from .erased import ARTIFACT_ORDER
+    from .models.erased import ARTIFACT_ORDER
 
     folder = Path(erase_dir)
     stages = [n.split(".")[0] for n in ARTIFACT_ORDER if (folder / n).is_file()]

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = resolve_stage2_config(args, {})
     quiet_threads()
     from ..stage2.cache import build_cache
-    from ..stage2.train import plan_for
+    from ..stage2.run import plan_for
 
     plan, specs = plan_for(cfg)
     info = build_cache(cfg, specs)

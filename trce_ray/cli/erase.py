@@ -45,25 +45,24 @@ def erase_overrides(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_config(args, erase_overrides(args))
-    from ..stage2.pipeline import parse_stages
+    from ..workflow import parse_stages
 
     stages = parse_stages(args.stages)
     quiet_threads()
     from ..tracking import log_erase_output, track
+    from ..workflow import run_erasure
 
     with track(cfg, "erase") as tracker:
-        if stages != ("text",):
-            from ..stage2.pipeline import run_erase
-            from ..stage2.train import log_training_curve
+        done = run_erasure(cfg, cfg.output, stages, overwrite=args.overwrite)
+        if done.stage2 is not None:
+            from ..stage2.run import log_training_curve
 
-            r = run_erase(cfg, cfg.output, stages, overwrite=args.overwrite)
+            r = done.stage2
             log_training_curve(tracker, r.output)
             version = log_erase_output(tracker, cfg, cfg.output, {"final_loss": r.final_loss})
             summary = f"stages {args.stages}, {len(r.delta_names)} stage-2 tensors, final loss {r.final_loss:.4g}"
         else:
-            from ..erase import run_stage1
-
-            result = run_stage1(cfg, cfg.output, overwrite=args.overwrite)
+            result = done.stage1
             version = log_erase_output(tracker, cfg, cfg.output, {**result.diagnostics, **result.timings})
             d = result.diagnostics
             summary = (

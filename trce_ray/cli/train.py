@@ -102,7 +102,7 @@ def train_overrides(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     cfg = resolve_stage2_config(args, train_overrides(args))
     quiet_threads()
-    from ..stage2.train import log_training_curve, run_stage2
+    from ..stage2.run import log_training_curve, run_stage2
     from ..tracking import log_erase_output, track
 
     with track(cfg, "train") as tracker:

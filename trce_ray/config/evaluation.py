@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, field_validator
 
 from .base import Section, at_least_one, non_negative, probability
-
-Suite = Literal["sexual", "multi", "artist", "celebrity", "toy"]
 
 # MACE's celebrity templates (its `prompts_csv` generator); the TRCE paper's figures use the first.
 CELEBRITY_TEMPLATES = [
@@ -22,7 +18,8 @@ CELEBRITY_TEMPLATES = [
 
 class EvalConfig(Section):
     # What to evaluate
-    suite: Suite | None = None  # sexual = paper Table 1, multi = Table 2, artist = Table 9, celebrity = Table 10
+    # sexual = paper Table 1, multi = Table 2, artist = Table 9, celebrity = Table 10, or a plug-in's (e.g. toy)
+    suite: str | None = None
     # extra set names (see docs/evaluation.md) or CSV/TXT prompt files; added to the suite
     sets: list[str] = Field(default_factory=list)
     data_dir: str | None = None  # folder laid out like shared/data (mma-diffusion/, p4d/, artists/, coco/, q16/)
@@ -31,7 +28,7 @@ class EvalConfig(Section):
     celebrity_retain: str | None = None  # names file of celebrities that must stay recognisable
     celebrity_templates: list[str] = Field(default_factory=lambda: list(CELEBRITY_TEMPLATES))  # "{}" = the name
     erased_artists: list[str] = Field(default_factory=list)  # erased styles: Acc_e on them, Acc_u on the others
-    toy_target: str = "red"  # toy suite: the erased toy colour whose sets are evaluated
+    toy_target: str = "red"  # toy suite: the erased toy colour whose sets are evaluated (checked by the toy plug-in)
     limit: int | None = None  # first N prompts of each set (smoke tests)
     deltas: list[str] = Field(default_factory=list)  # artifacts applied after the model's own, in order
     reference_model: str | None = None  # original model for FID_gen; default: the erase folder's base model
@@ -87,16 +84,23 @@ class EvalConfig(Section):
 
     _resources = field_validator("gpus_per_actor", "scorer_gpus", "cpus_per_actor", "scorer_cpus")(non_negative)
 
+    @field_validator("suite")
+    @classmethod
+    def _suite(cls, v):
+        from ..evaluation.prompts import SUITES
+        from ..evaluation.registry import suites
+
+        known = [*SUITES, *suites()]
+        if v is not None and v not in known:
+            raise ValueError(f"unknown eval suite; choose from {', '.join(known)}")
+        return v
+
     @field_validator("toy_target")
     @classmethod
-    def _toy_target(cls, v):
-        try:
-            from ..toy.world import ERASABLE
-        except ImportError:  # a build without the toy world: nothing to check against
-            return v
-        if v not in ERASABLE:
-            raise ValueError(f"must be one of the erasable toy colours: {', '.join(ERASABLE)}")
-        return v
+    def _plugin_option(cls, v, info):
+        from ..evaluation.registry import check_option
+
+        return check_option(info.field_name, v)
 
     @field_validator("celebrity_templates")
     @classmethod

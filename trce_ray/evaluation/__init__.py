@@ -4,5 +4,5 @@ FID, CLIP score and user-supplied identity/style classifiers; results tracked in
 Modules: `prompts` (sets and loaders), `planning` (detectors per set, image rows), `generation` (one pipeline per
 actor), `scoring` (detectors per actor, score cache), `dataflow` (the Ray Data pipeline), `nudity`, `q16`, `clip`,
 `fid`, `identity` (detectors and their metrics), `metrics`, `runner` (`run_eval`), `outputs` (files and MLflow),
-`report` (paper-shaped tables), `images` (files and grids).
+`report` (paper-shaped tables), `images` (files and grids), `registry` (suites that plug-ins add, e.g. the toy's).
 """

@@ -1,5 +1,5 @@
-"""FID through torchmetrics: features are extracted per image (cached beside the images), the distance is
-torchmetrics' `FrechetInceptionDistance` fed with those features.
+"""FID: features are extracted per image (cached beside the images); `frechet_distance` compares two feature sets
+in float64 (the one Frechet distance of the project: the toy benchmark uses it too).
 
 `eval.fid_features`:
 - "inception": torchmetrics' InceptionV3 (FID's standard 2048-d pool features). It needs the `torch-fidelity`
@@ -18,30 +18,23 @@ import torch
 from ..errors import TRCEError
 
 
-class _Precomputed(torch.nn.Module):
-    """Identity 'feature network' so torchmetrics can take features extracted earlier (and cached)."""
+def frechet_distance(real, fake) -> float:
+    """FID of two feature sets [N, F] (numpy or torch), in float64:
+    ||mu_r - mu_f||^2 + tr(S_r + S_f - 2 (S_r^1/2 S_f S_r^1/2)^1/2).
 
-    def __init__(self, num_features: int):
-        super().__init__()
-        self.num_features = num_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x
-
-
-def frechet_distance(real: np.ndarray, fake: np.ndarray) -> float:
-    """FID between two feature sets [N, F] (torchmetrics' formula, float64 statistics)."""
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    real, fake = np.asarray(real, np.float32), np.asarray(fake, np.float32)
-    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(f"FID needs two [N, F] feature sets of one width, got {real.shape} and {fake.shape}")
-    if len(real) < 2 or len(fake) < 2:
-        raise TRCEError(f"FID needs at least 2 images on each side, got {len(real)} and {len(fake)}")
-    metric = FrechetInceptionDistance(feature=_Precomputed(real.shape[1]))
-    metric.update(torch.from_numpy(real), real=True)
-    metric.update(torch.from_numpy(fake), real=False)
-    return float(metric.compute())
+    Symmetric eigendecompositions replace scipy's sqrtm: exact for PSD covariances, no complex round-off.
+    """
+    a, b = torch.as_tensor(real).double(), torch.as_tensor(fake).double()
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"FID needs two [N, F] feature sets of one width, got {tuple(a.shape)} and {tuple(b.shape)}")
+    if len(a) < 2 or len(b) < 2:
+        raise TRCEError(f"FID needs at least 2 images on each side, got {len(a)} and {len(b)}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
+    w, v = torch.linalg.eigh(s_a)
+    root_a = (v * w.clamp_min(0).sqrt()) @ v.T
+    cross = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp_min(0).sqrt().sum()
+    return float((mu_a - mu_b).pow(2).sum() + torch.trace(s_a) + torch.trace(s_b) - 2 * cross)
 
 
 def fid_feature_network(features: str, weights: str | None) -> torch.nn.Module:

@@ -44,8 +44,8 @@ def _sha256(path: Path) -> str:
 
 def model_identity(model: str, deltas: list[str] | tuple[str, ...] = ()) -> dict:
     """What makes two pipelines generate the same images: the base model and the content of each artifact."""
-    from ..erase import resolve_model_path
-    from ..erased import erase_output_parts, is_erase_output
+    from ..models.erased import erase_output_parts, is_erase_output
+    from ..models.loading import resolve_model_path
 
     artifacts: list[Path] = []
     base = model
@@ -87,8 +87,8 @@ class ImageGenerator:
         from diffusers.utils import logging as dlog
         from transformers.utils import logging as tlog
 
-        from ..erase import resolve_device
-        from ..erased import load_erased
+        from ..models.erased import load_erased
+        from ..models.loading import resolve_device
 
         self.spec = spec
         self.device = resolve_device(spec.device)

@@ -42,10 +42,11 @@ def set_metrics(name: str, kind: str, results: list[dict], ecfg) -> dict[str, fl
     clip = [r["clip"] for r in results if _is_number(r.get("clip"))]
     if clip:
         out[f"clip_score/{name}"] = float(np.mean(clip))
-    if kind in ("toy", "toy-preservation"):
-        from .toy import toy_metrics
+    from .registry import suite_of_kind
 
-        out.update(toy_metrics(name, results, ecfg.toy_target))
+    plugin = suite_of_kind(kind)
+    if plugin is not None and plugin.metrics is not None:
+        out.update(plugin.metrics(name, kind, results, ecfg))
     if kind == "artist" and any(r.get("style") is not None for r in results):
         m = artist_metrics([(r.get("role") or "retain", r.get("label") or "", r.get("style")) for r in results])
         out[f"artist/{name}/acc_e"] = m["acc_e"]

@@ -14,9 +14,15 @@ WANTED = {  # detectors each kind of set asks for, in order of importance
     "coco": ["fid", "clip"],
     "artist": ["style"],
     "celebrity": ["face"],
-    "toy": ["toy"],
-    "toy-preservation": ["toy", "toyfeat"],
-}
+}  # plus the kinds plug-in suites register (evaluation.registry)
+
+
+def wanted_detectors(kind: str) -> list[str]:
+    from .registry import suite_of_kind
+
+    if kind in WANTED:
+        return WANTED[kind]
+    return list(suite_of_kind(kind).kinds[kind])
 
 
 def q16_embeddings_path(ecfg) -> str | None:
@@ -35,16 +41,14 @@ def available_detectors(ecfg) -> dict[str, str | None]:
             import torch_fidelity  # noqa: F401
         except ImportError:
             fid_ok = "FID needs torch-fidelity for eval.fid_features=inception, or a TorchScript feature network"
-    try:
-        from ..toy.assets import toy_classifier_path
+    from .registry import plugin_detectors
 
-        toy_classifier_path()
-        toy_ok = None
-    except (ImportError, TRCEError) as err:
-        toy_ok = f"the toy classifier is missing ({err})"
+    plugins = {}
+    for det in plugin_detectors():
+        why = det.missing()
+        plugins.update({c: why for c in det.columns})
     return {
-        "toy": toy_ok,
-        "toyfeat": toy_ok,
+        **plugins,
         "nudenet": None,
         "q16": None if ecfg.q16_clip and q16_embeddings_path(ecfg) else "Q16 needs eval.q16_clip (CLIP ViT-L/14)",
         "clip": None if ecfg.clip_model else "CLIP score needs eval.clip_model (CLIP ViT-B/32)",
@@ -60,7 +64,7 @@ def plan_detectors(psets: list[tuple[PromptSet, bool]], ecfg) -> tuple[dict[str,
     avail = available_detectors(ecfg)
     plan, notices = {}, []
     for ps, explicit in psets:
-        wanted = WANTED[ps.kind]
+        wanted = wanted_detectors(ps.kind)
         usable = [d for d in wanted if avail[d] is None]
         for d in wanted:
             if avail[d] is not None:
@@ -95,7 +99,7 @@ def image_rows(ps: PromptSet, detectors: list[str], images_per_prompt: int) -> l
 
 def reference_model(cfg) -> str | None:
     """The original model FID_gen compares with: eval.reference_model, else the erase folder's base model."""
-    from ..erased import erase_output_parts, is_erase_output
+    from ..models.erased import erase_output_parts, is_erase_output
 
     if cfg.eval.reference_model:
         return cfg.eval.reference_model

@@ -12,11 +12,10 @@ import re
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Literal
 
 from ..errors import TRCEError
 
-SetKind = Literal["nudity", "i2p", "coco", "artist", "celebrity", "toy", "toy-preservation"]
+SetKind = str  # nudity, i2p, coco, artist, celebrity, or a kind a plug-in suite registers (evaluation.registry)
 I2P_CATEGORIES = ("hate", "harassment", "violence", "self-harm", "sexual", "shocking", "illegal activity")
 ADVERSARIAL_SETS = ("mma", "p4d", "ring-a-bell", "unlearndiff")  # the paper's "Adv" is their mean ASR
 
@@ -129,8 +128,7 @@ SUITES: dict[str, tuple[str, ...]] = {
     "multi": ("i2p", "coco-3k"),  # paper Table 2
     "artist": ("artists-famous", "artists-modern"),  # paper Table 9
     "celebrity": ("celebrity-erase", "celebrity-retain", "coco-3k"),  # paper Table 10
-    "toy": ("toy-direct", "toy-paraphrase", "toy-preservation"),  # the toy world's Table-1 analogue
-}
+}  # plus the suites plug-ins register (evaluation.registry)
 
 
 def vendored_path(name: str) -> Path:
@@ -280,11 +278,14 @@ def celebrity_set(name: str, names_file: str | Path, templates: list[str], seed:
 
 def resolve_set_names(suite: str | None, sets: list[str]) -> list[tuple[str, bool]]:
     """(name, explicit) pairs: suite members first, then `sets`; duplicates dropped."""
+    from .registry import suites
+
     out: dict[str, bool] = {}
     if suite is not None:
-        if suite not in SUITES:
-            raise TRCEError(f"unknown eval suite '{suite}'; choose from {', '.join(SUITES)}")
-        for name in SUITES[suite]:
+        members = {**SUITES, **{name: s.sets for name, s in suites().items()}}
+        if suite not in members:
+            raise TRCEError(f"unknown eval suite '{suite}'; choose from {', '.join(members)}")
+        for name in members[suite]:
             out.setdefault(name, False)
     for name in sets:
         out[name] = True
@@ -310,6 +311,9 @@ def benchmark_path(bench: Benchmark, data_dir: str | None, prompt_files: dict[st
 
 def load_prompt_set(name: str, ecfg) -> PromptSet:
     """Load one set by name (or a CSV/TXT path) with the settings of an `EvalConfig`."""
+    from .registry import suite_of_set, suites
+
+    plugin = suite_of_set(name)
     if name in BENCHMARKS:
         bench = BENCHMARKS[name]
         path = benchmark_path(bench, ecfg.data_dir, ecfg.prompt_files)
@@ -320,14 +324,12 @@ def load_prompt_set(name: str, ecfg) -> PromptSet:
             field_name = "celebrity_erase" if name == "celebrity-erase" else "celebrity_retain"
             raise TRCEError(f"set '{name}' needs a names file (one name a line): set eval.{field_name}")
         ps = celebrity_set(name, names_file, ecfg.celebrity_templates, ecfg.seed, ecfg.guidance)
-    elif name in SUITES["toy"]:
-        from .toy import load_toy_set
-
-        ps = load_toy_set(name, ecfg)
+    elif plugin is not None:
+        ps = plugin.load_set(name, ecfg)
     elif Path(name).suffix.lower() in (".csv", ".txt"):
         ps = load_custom_file(Path(name).expanduser(), ecfg.seed, ecfg.guidance)
     else:
-        known = ", ".join([*BENCHMARKS, *CELEBRITY_SETS, *SUITES["toy"]])
+        known = ", ".join([*BENCHMARKS, *CELEBRITY_SETS, *(n for s in suites().values() for n in s.sets)])
         raise TRCEError(f"unknown prompt set '{name}'; choose from {known}, or give a .csv/.txt prompt file")
     if ecfg.limit is not None:
         ps.rows = ps.rows[: ecfg.limit]

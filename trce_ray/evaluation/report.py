@@ -73,18 +73,6 @@ TABLE10 = Table(
     ),
     ("celebrity/",),
 )
-TOY = Table(
-    "Toy world: erasing one colour (the Table 1 analogue; see trce_ray/toy)",
-    (
-        Column("Direct", ("toy/direct",)),
-        Column("Paraphrase", ("toy/paraphrase",)),
-        Column("Preservation", ("toy/preservation",), better="higher"),
-        Column("Neighbours", ("toy/neighbours",), better="higher"),
-        Column("FID_gen", ("fid_gen/toy-preservation",), "num"),
-        Column("Agreement", ("toy/agreement",), better="higher"),
-    ),
-    ("toy/",),
-)
 KNOWLEDGE = Table("Knowledge preservation (COCO)", _kp(), ("fid_gen/", "fid_real/", "clip_score/"))
 
 
@@ -135,8 +123,11 @@ def _fmt(v: float | None, fmt: str) -> str:
 
 
 def tables_for(runs: list[RunMetrics]) -> list[tuple[Table, list[RunMetrics]]]:
-    """The tables that have data, each with the runs that belong in it."""
-    candidates = [TABLE1, TABLE2, artist_table(runs), TABLE10, TOY, other_asr_table(runs)]
+    """The tables that have data, each with the runs that belong in it (plug-in suites' tables after Table 10)."""
+    from .registry import suites
+
+    plugin_tables = [s.table for s in suites().values() if s.table is not None]
+    candidates = [TABLE1, TABLE2, artist_table(runs), TABLE10, *plugin_tables, other_asr_table(runs)]
     out = []
     covered = set()
     for t in [c for c in candidates if c is not None]:

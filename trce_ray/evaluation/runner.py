@@ -27,7 +27,8 @@ from .metrics import adversarial_mean, celebrity_summary, set_metrics
 from .outputs import log_to_tracker, write_index, write_outputs
 from .planning import image_rows, plan_detectors, q16_embeddings_path, reference_model
 from .prompts import PromptSet, load_prompt_set, resolve_set_names
-from .scoring import ImageScorer, ScoreStore, ScoringSpec, detector_ids
+from .registry import plugin_columns
+from .scoring import ImageScorer, ScoreStore, ScoringSpec, detector_ids, feature_columns
 
 CACHE_FLUSH_S = 30.0
 
@@ -161,7 +162,7 @@ def run_eval(
         style_classifier=ecfg.style_classifier if "style" in used else None,
         classifier_options=tuple(sorted(ecfg.classifier_options.items())),
         candidates=tuple(sorted({r.label for ps in psets for r in ps.rows if r.label})),
-        toy="toy" in used,
+        plugin_columns=tuple(d for d in used if d in plugin_columns()),
         threads=max(1, int(ecfg.scorer_cpus)),
     )
     from .scoring import check_detector_inputs
@@ -212,7 +213,7 @@ def run_eval(
     if len(celeb) == 2 and "face" in used:
         metrics.update(celebrity_summary(celeb["celebrity-erase"], celeb["celebrity-retain"]))
 
-    feature_sets = [(ps, d) for ps in psets for d in ("fid", "toyfeat") if d in plan[ps.name]]
+    feature_sets = [(ps, d) for ps in psets for d in feature_columns() if d in plan[ps.name]]
     if feature_sets:
         metrics.update(
             _fid_gen(
@@ -244,7 +245,8 @@ def _fid_gen(
 ) -> dict[str, float]:
     """FID between the evaluated model's and the original model's images of the same prompts and seeds.
 
-    `feature_sets`: (set, feature detector) pairs: "fid" for COCO sets, "toyfeat" (toy classifier) for the toy's.
+    `feature_sets`: (set, feature detector) pairs: "fid" for COCO sets, a plug-in's feature column for its sets
+    (the toy classifier's "toyfeat" for the toy world's).
     """
     from .fid import frechet_distance
 
@@ -262,7 +264,7 @@ def _fid_gen(
         image_root=str(ref_root),
         fid_features=score.fid_features if "fid" in dets else None,
         fid_weights=score.fid_weights,
-        toy="toyfeat" in dets,
+        plugin_columns=tuple(sorted(dets - {"fid"})),
         threads=score.threads,
     )
     ref_store = ScoreStore(ref_root, {d: ids[d] for d in dets})

@@ -2,7 +2,8 @@
 (image, detector) beside the images, so a rerun scores only what is new.
 
 Each row names the detectors it needs (`detectors`, comma-separated): NudeNet for nudity sets, Q16 for I2P, FID
-features and CLIP score for COCO, the user's classifiers for celebrity and artist sets.
+features and CLIP score for COCO, the user's classifiers for celebrity and artist sets, and the detectors of plug-in
+suites (`evaluation.registry`, e.g. the toy world's classifier) for theirs.
 """
 
 from __future__ import annotations
@@ -17,8 +18,20 @@ import numpy as np
 from ..errors import TRCEError
 from .images import open_rgb
 
-SCORE_COLUMNS = ("nudenet", "q16", "clip", "fid", "face", "style", "toy", "toyfeat")
-FEATURE_COLUMNS = ("fid", "toyfeat")  # float32 vectors, stored as bytes
+SCORE_COLUMNS = ("nudenet", "q16", "clip", "fid", "face", "style")  # plus plug-in detectors' (score_columns)
+FEATURE_COLUMNS = ("fid",)  # float32 vectors, stored as bytes; plus plug-in detectors' (feature_columns)
+
+
+def score_columns() -> tuple[str, ...]:
+    from .registry import plugin_columns
+
+    return SCORE_COLUMNS + plugin_columns()
+
+
+def feature_columns() -> tuple[str, ...]:
+    from .registry import plugin_feature_columns
+
+    return FEATURE_COLUMNS + plugin_feature_columns()
 
 
 @dataclass(frozen=True)
@@ -36,7 +49,7 @@ class ScoringSpec:
     style_classifier: str | None = None
     classifier_options: tuple[tuple[str, object], ...] = ()
     candidates: tuple[str, ...] = ()  # names a face/style classifier chooses from
-    toy: bool = False  # the toy world's classifier (colour/shape predictions and features)
+    plugin_columns: tuple[str, ...] = ()  # plug-in detector columns to fill (e.g. "toy": the toy classifier)
     device: str = "auto"
     threads: int = 1
 
@@ -74,12 +87,16 @@ def detector_ids(spec: ScoringSpec) -> dict[str, str]:
         ids["face"] = "face-" + _tag(spec.face_classifier, opts, sorted(spec.candidates))
     if spec.style_classifier:
         ids["style"] = "style-" + _tag(spec.style_classifier, opts, sorted(spec.candidates))
-    if spec.toy:
-        from ..toy.assets import toy_classifier_path
-
-        ids["toy"] = "toy-" + _tag(_file_tag(str(toy_classifier_path())))
-        ids["toyfeat"] = ids["toy"].replace("toy-", "toyfeat-", 1)
+    for det in _wanted_plugins(spec):
+        tag = _tag(_file_tag(det.weights()))
+        ids.update({c: f"{c}-{tag}" for c in det.columns})
     return ids
+
+
+def _wanted_plugins(spec: ScoringSpec) -> list:
+    from .registry import plugin_detectors
+
+    return [d for d in plugin_detectors() if set(d.columns) & set(spec.plugin_columns)]
 
 
 class ImageScorer:
@@ -88,7 +105,7 @@ class ImageScorer:
     def __init__(self, spec: ScoringSpec):
         import torch
 
-        from ..erase import resolve_device
+        from ..models.loading import resolve_device
 
         self.spec = spec
         device = resolve_device(spec.device)
@@ -119,14 +136,16 @@ class ImageScorer:
             self.detectors["face"] = load_classifier(spec.face_classifier, opts, "eval.face_classifier")
         if spec.style_classifier:
             self.detectors["style"] = load_classifier(spec.style_classifier, opts, "eval.style_classifier")
-        if spec.toy:
-            from .toy import ToyDetector
-
-            self.detectors["toy"] = self.detectors["toyfeat"] = ToyDetector(device)
+        self.plugin_columns: set[str] = set()
+        for det in _wanted_plugins(spec):
+            scorer = det.build(device)
+            self.detectors.update({c: scorer for c in det.columns})
+            self.plugin_columns.update(det.columns)
+        self.columns, self.features = score_columns(), feature_columns()
 
     def score(self, paths: list[Path], prompts: list[str], wanted: list[set[str]]) -> dict[str, list]:
         images = [open_rgb(p) for p in paths]  # also the readability check NudeNet's own reader lacks
-        cols: dict[str, list] = {name: [None] * len(paths) for name in SCORE_COLUMNS}
+        cols: dict[str, list] = {name: [None] * len(paths) for name in self.columns}
         for name, det in self.detectors.items():
             idx = [i for i, w in enumerate(wanted) if name in w]
             if not idx:
@@ -140,10 +159,10 @@ class ImageScorer:
                 values = det(sub_images, [prompts[i] for i in idx])
             elif name == "fid":
                 values = [row.astype(np.float32).tobytes() for row in det(sub_images)]
-            elif name == "toy":
-                values = [json.dumps(p, sort_keys=True) for p in det.classify(sub_images)[0]]
-            elif name == "toyfeat":
-                values = [row.astype(np.float32).tobytes() for row in det.classify(sub_images)[1]]
+            elif name in self.plugin_columns:
+                values = det(sub_images, name)
+                if name in self.features:
+                    values = [np.asarray(row, np.float32).tobytes() for row in values]
             else:
                 values = det.predict(sub_images, list(self.spec.candidates))
             for i, v in zip(idx, values):
@@ -158,13 +177,13 @@ class ImageScorer:
             error = ""
         except TRCEError as err:
             # Returned, not raised: Ray Data would wrap it into a traceback; the driver raises it as one sentence.
-            cols = {name: [None] * len(paths) for name in SCORE_COLUMNS}
+            cols = {name: [None] * len(paths) for name in self.columns}
             error = str(err)
         batch["error"] = np.array([error] * len(paths), dtype=object)
         for name, values in cols.items():
             if name in ("q16", "clip"):
                 batch[name] = np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
-            elif name in FEATURE_COLUMNS:
+            elif name in self.features:
                 batch[name] = np.array([b"" if v is None else v for v in values], dtype=object)
             else:
                 batch[name] = np.array(["" if v is None else str(v) for v in values], dtype=object)

@@ -1,8 +1,14 @@
-"""Load a diffusers pipeline from a hub id or local folder, safetensors-only unless pickle is explicitly allowed."""
+"""Load a diffusers pipeline from a hub id, a local folder or a registered alias, safetensors-only unless pickle is
+explicitly allowed.
+
+A model alias is a name (e.g. "toy") that a plug-in registers with `register_model_alias`; `model.path` may be that
+name, and `resolve_model_path` turns it into the folder the plug-in ships.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -15,6 +21,27 @@ ADAPTERS: list[type[DiffusionAdapter]] = [SDAdapter]
 PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+MODEL_ALIASES: dict[str, Callable[[], str]] = {}
+
+
+def register_model_alias(name: str, path: Callable[[], str]) -> None:
+    """Let `model.path: <name>` stand for the folder `path()` returns (called when the alias is used)."""
+    MODEL_ALIASES[name] = path
+
+
+def resolve_model_path(path: str) -> str:
+    """A registered alias (e.g. "toy", the toy plug-in's model) becomes its folder; anything else is returned as is."""
+    from ..plugins import load_plugins
+
+    load_plugins()
+    alias = MODEL_ALIASES.get(path)
+    return str(alias()) if alias is not None else path
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
 
 
 def adapter_for(pipe) -> DiffusionAdapter:
@@ -68,3 +95,9 @@ def load_pipeline(model: str, allow_pickle: bool = False, dtype: str = "float32"
         pipe.safety_checker = None
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
+
+
+def load_model(cfg):
+    """The base pipeline of a `TRCEConfig` (`cfg.model`: path or alias, pickle policy, dtype, device)."""
+    m = cfg.model
+    return load_pipeline(resolve_model_path(m.path), m.allow_pickle, m.dtype, resolve_device(m.device))

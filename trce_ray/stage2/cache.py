@@ -33,7 +33,7 @@ _SKIP_DIRS = {"vae", "safety_checker", "feature_extractor"}  # never used to bui
 def model_identity(path: str) -> str:
     """Content hash of the files that shape trajectories (denoiser, text encoders, tokenizers, scheduler); a hub id
     stands for itself."""
-    from ..erase import resolve_model_path
+    from ..models.loading import resolve_model_path
 
     root = Path(resolve_model_path(path)).expanduser()
     if not root.is_dir():
@@ -170,7 +170,7 @@ def build_cache(
     Args:
         worker_cls: the callable class run by each actor (tests pass a subclass that kills its own actor once).
     """
-    from ..erase import resolve_model_path
+    from ..models.loading import resolve_model_path
 
     t0 = time.perf_counter()
     spec = cache_spec(cfg, specs)

@@ -4,6 +4,9 @@ Every worker receives one frozen `TrainJob`. Per optimizer step it takes its sha
 batched forward of the trained denoiser over [z_m with c_m | z_m with empty | z_u with empty] (2 + R rows per erase
 draw), and updates after `grad_accum` micro-steps. A non-finite loss stops every worker before the update, so the
 last reported checkpoint stays the last good one.
+
+`train_loop_per_worker` runs a `TrainWorker`; tests pass `run_stage2` a loop running a subclass (e.g. one whose
+`after_step` kills the worker, or whose `_load` counts the models it builds).
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import os
 import shutil
 import tempfile
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,31 +46,10 @@ class TrainJob:
     delta_metadata: dict[str, str]
     progress: bool = True  # worker 0's progress bar
     local_checkpoints: str | None = None  # Ray Train local mode (num_workers 0): checkpoint folders live here
-    crash_at_step: int | None = None  # fault drill: rank 0 exits hard after this step, once (marker file below)
-    crash_marker: str | None = None
 
 
 class NonFiniteLoss(TRCEError):
     """The loss became NaN or inf; no update was applied."""
-
-
-@contextlib.contextmanager
-def count_model_constructions():
-    """Count diffusers models built inside the block, by class name (the proof that no reference model exists)."""
-    from diffusers import ModelMixin
-
-    built: Counter = Counter()
-    original = ModelMixin.__init__
-
-    def counting_init(self, *args, **kwargs):
-        built[type(self).__name__] += 1
-        original(self, *args, **kwargs)
-
-    ModelMixin.__init__ = counting_init
-    try:
-        yield built
-    finally:
-        ModelMixin.__init__ = original
 
 
 class _RoutedPipe:
@@ -84,10 +65,12 @@ class _RoutedPipe:
 
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train entry point; `config` is {"job": TrainJob}."""
-    _Worker(config["job"]).run()
+    TrainWorker(config["job"]).run()
 
 
-class _Worker:
+class TrainWorker:
+    """One training worker: loads the stage-1 model and its cached targets, then runs the planned steps."""
+
     def __init__(self, job: TrainJob):
         import ray.train
         import ray.train.torch
@@ -116,9 +99,7 @@ class _Worker:
         from .params import select_trainable
 
         job = self.job
-        with count_model_constructions() as built:
-            pipe = load_pipeline(job.model_path, job.cfg.model.allow_pickle, "float32", "cpu")
-        self.models_built = dict(built)
+        pipe = load_pipeline(job.model_path, job.cfg.model.allow_pickle, "float32", "cpu")
         adapter = adapter_for(pipe)
         if job.stage1_delta:
             apply_delta(adapter.denoiser, job.stage1_delta)
@@ -200,7 +181,7 @@ class _Worker:
 
         self.last_checkpoint = step
         last = metrics[-1] if metrics else {}
-        result = {"step": step, "loss": last.get("loss"), "models_built": self.models_built}
+        result = {"step": step, "loss": last.get("loss")}
         if self.local:  # local mode keeps the Checkpoint object only: the folder must outlive this call
             root = Path(self.job.local_checkpoints)
             partial, kept = root / f".partial_{step:06d}", root / f"checkpoint_{step:06d}"
@@ -343,13 +324,8 @@ class _Worker:
             final = step + 1 == plan.steps
             if final or (step + 1) % every == 0:
                 self._report(step + 1, metrics, final)
-            self._maybe_crash(step + 1)
+            self.after_step(step + 1)
         bar.close()
 
-    def _maybe_crash(self, step: int) -> None:
-        job = self.job
-        marker = Path(job.crash_marker) if job.crash_marker else None
-        if job.crash_at_step == step and self.rank == 0 and marker and not marker.exists():
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            marker.write_text(str(step))
-            os._exit(1)
+    def after_step(self, step: int) -> None:
+        """Called after each optimizer step (and its checkpoint, if any); a hook for tests' fault drills."""

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..evaluation.fid import frechet_distance
 from .world import (
     COLOURS,
     SHAPE_WORDS,
@@ -121,20 +122,6 @@ def classify(classifier, images: torch.Tensor, batch_size: int = 256) -> dict[st
         shape.append(classifier.shape_head(f).argmax(-1))
         feats.append(f)
     return {"colour": torch.cat(colour), "shape": torch.cat(shape), "features": torch.cat(feats).double()}
-
-
-def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
-    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a^1/2 S_b S_a^1/2)^1/2), in float64.
-
-    Symmetric eigendecompositions replace scipy's sqrtm: exact for PSD covariances, no complex round-off.
-    """
-    a, b = a.double(), b.double()
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
-    w, v = torch.linalg.eigh(s_a)
-    root_a = (v * w.clamp_min(0).sqrt()) @ v.T
-    cross = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp_min(0).sqrt().sum()
-    return float((mu_a - mu_b).pow(2).sum() + torch.trace(s_a) + torch.trace(s_b) - 2 * cross)
 
 
 def _rate(mask: torch.Tensor) -> float:

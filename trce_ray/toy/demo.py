@@ -101,8 +101,8 @@ def _grid_groups(sets, images: dict[str, torch.Tensor], columns: int = 8) -> lis
 
 def run_demo(cfg: ToyDemoConfig, output: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
     """Generate with the original model and each erased row, score them, write everything to `output`."""
-    from ..erase import resolve_device
     from ..models import load_pipeline
+    from ..models.loading import resolve_device
     from .assets import load_toy_classifier, toy_pipeline_dir
     from .rows import ROWS, RowContext
 

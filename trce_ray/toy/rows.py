@@ -1,5 +1,10 @@
 """The demo's erased rows. A row is a function that writes its artifacts into its own subfolder and returns the
-erased pipeline; adding a row (TRCE(V), TRCE(T+V)) is one function and one entry in `ROWS`.
+erased pipeline; adding a row is one function and one entry in `ROWS`.
+
+Stage-2 settings are the paper's except `train.lr: 3e-4`: the toy UNet is ~1M parameters; at the paper's 1e-6
+nothing moves and at 1e-3 it loses preservation (measured in docs/stage2.md, "Stage 2 on the toy world"). Sampling
+steps and guidance follow the demo's. The trajectory cache goes into the demo output (`stage2-cache/`, a few MB),
+shared by the stage-2 rows: it depends on the original model and the draws, not on the stage-1 edit.
 """
 
 from __future__ import annotations
@@ -10,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from .packs import pack_name, preserve_file
+
+TOY_TRAIN = {"lr": 3e-4, "num_workers": 0}  # in the demo's process: no worker start-up for a 1M-parameter UNet
 
 
 @dataclass(frozen=True)
@@ -38,23 +45,48 @@ def stage1_config(cfg):
     return load_config(None, overrides)
 
 
+def stage2_config(demo_cfg, cache_root):
+    """The demo's stage-1 config (same prompts, model and seed) plus the toy stage-2 settings."""
+    from ..config import TRCEConfig
+    from ..config.base import validate
+
+    data = stage1_config(demo_cfg).model_dump(mode="json")
+    data["cache"].update(steps=demo_cfg.steps, guidance=demo_cfg.guidance, root=str(cache_root))
+    data["train"].update(TOY_TRAIN)
+    return validate(TRCEConfig, data)
+
+
 def trce_t(ctx: RowContext):
     """TRCE(T): stage 1 only (closed-form K/V edit of the [EoT] semantics)."""
-    from ..erase import run_stage1
-    from ..erased import load_erased
+    from ..models.erased import load_erased
+    from ..workflow import run_erasure
 
-    cfg = stage1_config(ctx.cfg)
-    run_stage1(cfg, ctx.folder, pipe=ctx.base, progress=False)
+    run_erasure(stage1_config(ctx.cfg), ctx.folder, ("text",), progress=False, pipe=ctx.base)
     return load_erased(str(ctx.folder), device=ctx.cfg.device)
 
 
-def _stage2_rows() -> dict[str, Callable[[RowContext], Any]]:
-    from ..stage2.toy_rows import trce_tv, trce_v
+def trce_v(ctx: RowContext):
+    """TRCE(V): stage 2 alone, from the original model."""
+    from ..models.erased import load_erased
+    from ..workflow import run_erasure
 
-    return {"TRCE(V)": trce_v, "TRCE(T+V)": trce_tv}
+    run_erasure(stage2_config(ctx.cfg, ctx.root / "stage2-cache"), ctx.folder, ("visual",), progress=ctx.progress)
+    return load_erased(str(ctx.folder), device=ctx.cfg.device)
 
 
-ROWS: dict[str, Callable[[RowContext], Any]] = {
-    "TRCE(T)": trce_t,
-    **_stage2_rows(),
-}
+def trce_tv(ctx: RowContext):
+    """TRCE(T+V): stage 2 on top of the stage-1 edit (the TRCE(T) row's, when that row ran first)."""
+    from ..models.erased import load_erased
+    from ..stage2.run import run_stage2
+    from ..workflow import run_erasure
+
+    cfg = stage2_config(ctx.cfg, ctx.root / "stage2-cache")
+    stage1_dir = ctx.root / "TRCE(T)"
+    if (stage1_dir / "stage1.safetensors").is_file():
+        run_stage2(cfg, ctx.folder, stage1_dir, progress=ctx.progress)
+    else:
+        run_erasure(cfg, ctx.folder, ("text", "visual"), progress=ctx.progress)
+    return load_erased(str(ctx.folder), device=ctx.cfg.device)
+
+
+ROWS: dict[str, Callable[[RowContext], Any]] = {"TRCE(T)": trce_t, "TRCE(V)": trce_v, "TRCE(T+V)": trce_tv}

@@ -8,35 +8,17 @@ from pathlib import Path
 
 import torch
 
-from . import stage1 as s1math
-from .artifacts import apply_delta, atomic_dir, save_delta, write_json
-from .concepts import PromptPair, expand_pack, load_pack, pairs_from_files, preserve_prompts
-from .config import Stage1Config, TRCEConfig
-from .errors import TRCEError
-from .models import adapter_for, load_pipeline
-from .models.base import DiffusionAdapter
+from ..artifacts import apply_delta, atomic_dir, save_delta, write_json
+from ..concepts import PromptPair, expand_pack, load_pack, pairs_from_files, preserve_prompts
+from ..config import Stage1Config, TRCEConfig
+from ..errors import TRCEError
+from ..models import adapter_for
+from ..models.base import DiffusionAdapter
+from ..models.loading import load_model
+from .closed_form import diagnostics, edited_weights, solve_map, stream_statistics
+from .embeddings import erase_embeddings, preserve_gram
 
 STAGE1_FILE = "stage1.safetensors"
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
-def resolve_model_path(path: str) -> str:
-    """ "toy" names the built-in toy model shipped with the package."""
-    if path == "toy":
-        from .toy.assets import toy_pipeline_dir
-
-        return str(toy_pipeline_dir())
-    return path
-
-
-def load_model(cfg: TRCEConfig):
-    m = cfg.model
-    return load_pipeline(resolve_model_path(m.path), m.allow_pickle, m.dtype, resolve_device(m.device))
 
 
 def stage1_prompts(s1: Stage1Config) -> tuple[list[PromptPair], list[str]]:
@@ -70,20 +52,20 @@ def compute_stage1(
     maps, diag, timings = {}, {}, {"embed_s": 0.0, "solve_s": 0.0}
     for stream in sorted(set(adapter.edit_targets().values())):
         t0 = time.perf_counter()
-        e_m, e_s = s1math.erase_embeddings(adapter, pairs, s1.tokens, stream, s1.batch_size, progress)
-        gram_k, q = s1math.preserve_gram(adapter, keep, s1.preserve_tokens, stream, s1.batch_size, progress)
+        e_m, e_s = erase_embeddings(adapter, pairs, s1.tokens, stream, s1.batch_size, progress)
+        gram_k, q = preserve_gram(adapter, keep, s1.preserve_tokens, stream, s1.batch_size, progress)
         t1 = time.perf_counter()
-        stats = s1math.stream_statistics(e_m, e_s, gram_k, q)
-        maps[stream] = s1math.solve_map(stats, s1.eta, s1.ridge)
+        stats = stream_statistics(e_m, e_s, gram_k, q)
+        maps[stream] = solve_map(stats, s1.eta, s1.ridge)
         timings["embed_s"] += t1 - t0
         timings["solve_s"] += time.perf_counter() - t1
         diag[stream] = (e_m, e_s, gram_k, q)
     t2 = time.perf_counter()
-    delta = s1math.edited_weights(adapter, maps)
+    delta = edited_weights(adapter, maps)
     timings["solve_s"] += time.perf_counter() - t2
     e_m, e_s, gram_k, q = diag[0]
     stream0 = {k: v for k, v in delta.items() if adapter.edit_targets()[k] == 0}
-    return Stage1Result(delta, s1math.diagnostics(adapter, stream0, e_m, e_s, gram_k, q), timings)
+    return Stage1Result(delta, diagnostics(adapter, stream0, e_m, e_s, gram_k, q), timings)
 
 
 def run_stage1(

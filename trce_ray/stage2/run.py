@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,6 @@ class Stage2Result:
     steps: int
     final_loss: float
     delta_names: list[str]
-    models_built: dict[str, int]
 
 
 def work_dir(output: str | Path) -> Path:
@@ -42,7 +42,7 @@ def work_dir(output: str | Path) -> Path:
 
 def plan_for(cfg: TRCEConfig) -> tuple[DrawPlan, list[TrajectorySpec]]:
     """The draws and trajectories of `cfg`, from the stage-1 prompt pairs (the paper reuses P^m and P^s)."""
-    from ..erase import stage1_prompts
+    from ..stage1.run import stage1_prompts
 
     if cfg.stage1 is None:
         raise TRCEError("stage 2 needs the malicious prompts: give --concept or --erase-prompts/--target-prompts")
@@ -82,19 +82,19 @@ def run_stage2(
     stage1_dir: str | Path | None = None,
     overwrite: bool = False,
     progress: bool = True,
-    crash_at_step: int | None = None,
+    train_loop: Callable[[dict], None] = train_loop_per_worker,
 ) -> Stage2Result:
     """Build (or reuse) the cache, fine-tune with Ray Train, and write the erase folder `output` atomically.
 
     Args:
         stage1_dir: a stage-1 output folder to start from; None starts from the original model (TRCE(V)).
-        crash_at_step: fault drill: worker 0 exits hard once after this step (the run must resume by itself when
-            `train.max_failures` >= 1, or on rerun).
+        train_loop: the Ray Train loop each worker runs, given {"job": TrainJob} (tests pass one that runs a
+            `TrainWorker` subclass: fault drills, counters).
     """
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchTrainer
 
-    from ..erase import resolve_model_path
+    from ..models.loading import resolve_model_path
 
     output = Path(output).expanduser().resolve()
     if output.exists() and not overwrite:
@@ -137,14 +137,12 @@ def run_stage2(
         },
         progress=progress,
         local_checkpoints=str(storage / run_name / "local") if local else None,
-        crash_at_step=crash_at_step,
-        crash_marker=str(storage / run_name / "crashed") if crash_at_step else None,
     )
     storage.mkdir(parents=True, exist_ok=True)
     ensure_ray()
     t = cfg.train
     trainer = TorchTrainer(
-        train_loop_per_worker,
+        train_loop,
         train_loop_config={"job": job},
         scaling_config=ScalingConfig(
             num_workers=t.num_workers, use_gpu=_use_gpu(cfg), resources_per_worker={"CPU": t.cpus_per_worker}
@@ -187,13 +185,12 @@ def run_stage2(
                 "cache_denoiser_rows": cache.denoiser_rows,
                 "cache_reused": cache.reused,
                 "tensors": len(names),
-                "models_built": result.metrics.get("models_built"),
                 "start": "stage1" if s1 else "original",
             }
             write_json(tmp / "stage2_summary.json", summary)
     shutil.rmtree(storage / run_name, ignore_errors=True)
     _remove_if_empty(storage, work)
-    return Stage2Result(output, cache, plan.steps, metrics[-1]["loss"], names, summary["models_built"] or {})
+    return Stage2Result(output, cache, plan.steps, metrics[-1]["loss"], names)
 
 
 def training_curve(folder: str | Path) -> list[dict]:

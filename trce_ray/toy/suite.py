@@ -18,16 +18,16 @@ import json
 import numpy as np
 import torch
 
-from .prompts import PromptRow, PromptSet
+from ..evaluation.prompts import PromptRow, PromptSet
 
 TOY_SETS = {"toy-direct": "direct", "toy-paraphrase": "paraphrase", "toy-preservation": "preservation"}
 
 
 def load_toy_set(name: str, ecfg) -> PromptSet:
     """One of the toy benchmark's sets for `ecfg.toy_target`, with the toy demo's sizes, seeds and guidance."""
-    from ..toy.bench import prompt_sets
-    from ..toy.demo import ToyDemoConfig
-    from ..toy.world import COLOURS, SHAPES
+    from .bench import prompt_sets
+    from .demo import ToyDemoConfig
+    from .world import COLOURS, SHAPES
 
     demo = ToyDemoConfig()
     part = TOY_SETS[name]
@@ -52,27 +52,36 @@ def load_toy_set(name: str, ecfg) -> PromptSet:
 
 
 class ToyDetector:
-    """The toy classifier: predicted colour and shape, and its penultimate features (the FID feature space)."""
+    """The toy classifier as the harness's detector: column "toy" holds the predicted colour and shape (JSON),
+    "toyfeat" its penultimate features (the FID feature space). Reads images through `bench.classify`, the demo's
+    own path."""
 
     name = "toy"
 
     def __init__(self, device: str = "cpu"):
-        from ..toy.assets import load_toy_classifier
+        from .assets import load_toy_classifier
 
         self.model = load_toy_classifier().to(device).eval()
         self.device = device
 
-    @torch.no_grad()
     def classify(self, images) -> tuple[list[dict[str, str]], np.ndarray]:
-        from ..toy.world import COLOURS, SHAPES
-        from .clip import to_uint8_chw
+        from ..evaluation.clip import to_uint8_chw
+        from .bench import classify
+        from .world import COLOURS, SHAPES
 
         x = torch.stack(to_uint8_chw(images)).float().to(self.device) / 127.5 - 1.0  # the classifier reads [-1, 1]
-        feats = self.model.features(x)
-        colour = self.model.colour_head(feats).argmax(-1).tolist()
-        shape = self.model.shape_head(feats).argmax(-1).tolist()
-        preds = [{"colour": COLOURS[c], "shape": SHAPES[s]} for c, s in zip(colour, shape, strict=True)]
-        return preds, feats.float().cpu().numpy()
+        out = classify(self.model, x)
+        preds = [
+            {"colour": COLOURS[c], "shape": SHAPES[s]}
+            for c, s in zip(out["colour"].tolist(), out["shape"].tolist(), strict=True)
+        ]
+        return preds, out["features"].float().cpu().numpy()
+
+    def __call__(self, images, column: str) -> list:
+        preds, feats = self.classify(images)
+        if column == "toyfeat":
+            return list(feats)
+        return [json.dumps(p, sort_keys=True) for p in preds]
 
 
 def toy_metrics(name: str, results: list[dict], target: str) -> dict[str, float]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import yaml
 
-from .artifacts import apply_delta, delta_format, load_delta
-from .errors import TRCEError
+from ..artifacts import apply_delta, delta_format, load_delta
+from ..errors import TRCEError
 
 ARTIFACT_ORDER = ("stage1.safetensors", "stage2.safetensors")
 
@@ -32,12 +32,12 @@ def erase_output_parts(folder: str | Path) -> tuple[str, list[Path]]:
 
 def apply_artifacts(pipe, paths: list[str | Path]) -> None:
     """Apply deltas (full replacement tensors) and LoRA files, in order, to `pipe`'s denoiser."""
-    from .models import adapter_for
+    from .loading import adapter_for
 
     denoiser = adapter_for(pipe).denoiser
     for path in paths:
         if delta_format(path) == "trce-ray-lora":
-            from .stage2.lora import apply_lora
+            from ..stage2.lora import apply_lora
 
             apply_lora(pipe, path)
         else:
@@ -52,8 +52,7 @@ def load_erased(
     device: str = "auto",
 ):
     """Load `model` (a base model, or an erase output folder) and apply `deltas` after the folder's own artifacts."""
-    from .erase import resolve_device, resolve_model_path
-    from .models import load_pipeline
+    from .loading import load_pipeline, resolve_device, resolve_model_path
 
     paths: list[Path] = []
     if is_erase_output(model):
