@@ -111,4 +111,4 @@ def role_positions(segment, i: int, role: str, key: list[int] | None = None) -> 
 
 def token_count(tokenizer, prompts: list[str]) -> list[int]:
     """Tokens of each prompt with its special tokens, before truncation (compare with `tokenizer.model_max_length`)."""
-    return [len(ids) for ids in tokenizer(list(prompts), truncation=False).input_ids]
+    return [len(ids) for ids in tokenizer(list(prompts), truncation=False, verbose=False).input_ids]

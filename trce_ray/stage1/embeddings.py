@@ -30,6 +30,35 @@ def resolve_roles(adapter: DiffusionAdapter, roles: list[str] | Roles | None) ->
     return parse_roles(roles, adapter.segment_names(), adapter.default_token_roles)
 
 
+def erase_key_positions(seg, pair: PromptPair, i: int, length: int) -> list[int]:
+    """Positions of erase prompt i's [keyword] in token segment `seg` (`length` tokens).
+
+    Raises:
+        TRCEError: the keyword lies past the segment's token limit, where the encoder never sees it.
+    """
+    found = key_positions(seg.tokenizer, pair.erase, pair.erase_key, length)
+    if not found:
+        raise TRCEError(
+            f"erase prompt {i + 1} ({pair.erase[:50]!r}...) has its [keyword] past token {length} of the {seg.name} "
+            "segment, where the text encoder cuts prompts; shorten the prompt or put the keyword earlier"
+        )
+    return found
+
+
+def check_key_roles(adapter: DiffusionAdapter, pairs: list[PromptPair], roles: list[str] | Roles | None) -> None:
+    """Before any embedding work: every marked keyword must lie within the token limit of each segment whose roles
+    include 'key' (one prompt is encoded per stream to learn its segments; the rest is tokenization)."""
+    roles = resolve_roles(adapter, roles)
+    if not any("key" in r for r in roles.values()) or not pairs:
+        return
+    for stream in sorted(set(adapter.edit_targets().values())):
+        for seg in adapter.encode_text([pairs[0].erase], stream).segments:
+            if "key" in roles[seg.name]:
+                for i, pair in enumerate(pairs):
+                    if pair.erase_key is not None:
+                        erase_key_positions(seg, pair, i, seg.input_ids.shape[1])
+
+
 def role_rows(pairs: list[PromptPair], roles: Roles, m: TextEmbeddings, s: TextEmbeddings) -> tuple[list, list]:
     """(prompt, position) rows in the erase (`m`) and target (`s`) embeddings, paired row by row.
 
@@ -51,13 +80,7 @@ def role_rows(pairs: list[PromptPair], roles: Roles, m: TextEmbeddings, s: TextE
                             f"token role 'key' needs the keyword marked: erase prompt {i + 1} ({pair.erase!r}) has "
                             "no [bracketed] span"
                         )
-                    pm = key_positions(seg_m.tokenizer, pair.erase, pair.erase_key, length)
-                    if not pm:
-                        raise TRCEError(
-                            f"erase prompt {i + 1} ({pair.erase[:50]!r}...) has its [keyword] past token {length} "
-                            f"of the {seg_m.name} segment, where the text encoder cuts prompts; shorten the prompt "
-                            "or put the keyword earlier"
-                        )
+                    pm = erase_key_positions(seg_m, pair, i, length)
                     marked = pair.target_key is not None
                     target = key_positions(seg_s.tokenizer, pair.target, pair.target_key, length) if marked else []
                     ps = (target[-1:] or [eot_s[i]]) * len(pm)

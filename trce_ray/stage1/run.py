@@ -19,7 +19,7 @@ from ..models.base import DiffusionAdapter
 from ..models.loading import load_model, model_fingerprint
 from ..models.tokens import role_notes, token_count
 from .closed_form import diagnostics, edited_weights, solve_map, stream_statistics
-from .embeddings import erase_embeddings, preserve_gram, resolve_roles
+from .embeddings import check_key_roles, erase_embeddings, preserve_gram, resolve_roles
 
 STAGE1_FILE = "stage1.safetensors"
 # preserve_drift is the RMS change of K/V outputs on the preservation prompts relative to the outputs themselves; at
@@ -136,6 +136,7 @@ def _run_stage1(cfg: TRCEConfig, output: Path, overwrite: bool, pipe, progress: 
         pipe = load_model(cfg)
     adapter = adapter_for(pipe)
     resolve_roles(adapter, s1.tokens)  # a role this model's text does not have fails before the folder appears
+    check_key_roles(adapter, pairs, s1.tokens)
     warn_long_prompts(adapter.tokenizer, pairs, keep)
     fingerprint = model_fingerprint(cfg.model.path)
     with atomic_dir(output, overwrite=overwrite) as tmp:
