@@ -10,6 +10,7 @@ from pydantic import field_validator, model_validator
 from .base import Section, at_least_one, non_negative
 
 TokenRole = Literal["eot", "key", "sot"]
+Convention = Literal["paper", "authors", "normalised"]
 
 
 class Stage1Config(Section):
@@ -21,8 +22,13 @@ class Stage1Config(Section):
     synonyms: int | None = None  # use the first N phrases of the pack (paper: 20 for sexual); None = all
     preserve_count: int = 1000  # preservation prompts taken from the preservation set
     tokens: list[TokenRole] = ["eot"]  # token roles mapped from malicious to safe (paper Table 4); eot is the default
-    preserve_tokens: Literal["all", "eot"] = "all"  # preserve every position of preservation prompts, or first [EoT]
-    eta: float = 0.01  # preservation weight in Eq. 4 (applied once)
+    # what eta multiplies (docs/stage1.md): "authors" = the authors' code, which made the paper's tables (so eta
+    # means Sec. 5.1's and Table 3/4's values); "paper" = Eq. 5 as printed (unnormalised sums, [EoT] preserved);
+    # "normalised" = each sum over its count (the only form before this setting existed)
+    convention: Convention = "authors"
+    # preservation rows: every token position or the first [EoT]; None = the convention's (paper: eot, else all)
+    preserve_tokens: Literal["all", "eot"] | None = None
+    eta: float = 0.01  # preservation weight of Eq. 4/5, in `convention`
     ridge: float = 0.0  # UCE-style lambda*W / lambda*I term for singular systems
     batch_size: int = 64  # prompts per text-encoder batch
     save_pipeline: bool = False  # also write a full save_pretrained folder of the edited pipeline
@@ -66,6 +72,23 @@ class Stage1Config(Section):
         if v is not None and not Path(v).expanduser().is_file():
             raise ValueError(f"prompt file {v} does not exist")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _convention_tokens(cls, data):
+        if isinstance(data, dict) and data.get("preserve_tokens") is None:
+            convention = data.get("convention", cls.model_fields["convention"].default)
+            data = {**data, "preserve_tokens": "eot" if convention == "paper" else "all"}
+        return data
+
+    @model_validator(mode="after")
+    def _authors_all_tokens(self):
+        if self.convention == "authors" and self.preserve_tokens != "all":
+            raise ValueError(
+                "convention 'authors' preserves every token position (the authors' COCO cache sums all 77); "
+                "drop preserve_tokens or choose convention 'paper' or 'normalised'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _source(self):

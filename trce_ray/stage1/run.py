@@ -55,8 +55,8 @@ def compute_stage1(
         e_m, e_s = erase_embeddings(adapter, pairs, s1.tokens, stream, s1.batch_size, progress)
         gram_k, q = preserve_gram(adapter, keep, s1.preserve_tokens, stream, s1.batch_size, progress)
         t1 = time.perf_counter()
-        stats = stream_statistics(e_m, e_s, gram_k, q)
-        maps[stream] = solve_map(stats, s1.eta, s1.ridge)
+        stats = stream_statistics(e_m, e_s, gram_k, q, len(pairs), len(keep))
+        maps[stream] = solve_map(stats, s1.eta, s1.convention, s1.ridge)
         timings["embed_s"] += t1 - t0
         timings["solve_s"] += time.perf_counter() - t1
         diag[stream] = (e_m, e_s, gram_k, q)
@@ -85,6 +85,7 @@ def run_stage1(
     with atomic_dir(output, overwrite=overwrite) as tmp:
         result = compute_stage1(adapter, pairs, keep, s1, progress)
         meta = {"format": "trce-ray-delta", "stage": "1", "base_model": cfg.model.path, "eta": str(s1.eta)}
+        meta["convention"] = s1.convention
         save_delta(tmp / STAGE1_FILE, result.delta, meta)
         (tmp / "config.yaml").write_text(cfg.to_yaml())
         write_json(
@@ -95,6 +96,7 @@ def run_stage1(
                 "preserve": keep,
                 "tokens": list(s1.tokens),
                 "preserve_tokens": s1.preserve_tokens,
+                "convention": s1.convention,
             },
         )
         write_json(
