@@ -1,6 +1,7 @@
 """Ray job: TRCE erasure.
 
-ray job submit --working-dir . -- python jobs/erase.py --config jobs/configs/sd14-sexual.yaml --output /mnt/runs/sexual
+ray job submit --working-dir . --runtime-env cluster/runtime-env.yaml -- \
+    python jobs/erase.py --config jobs/configs/sd14-sexual.yaml --output /mnt/shared/runs/sexual
 python jobs/erase.py --model toy --concept toy-red --output runs/red     # local, no cluster needed
 """
 

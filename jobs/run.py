@@ -1,7 +1,7 @@
-"""Ray job: any trce-ray subcommand, e.g.
+"""Ray job: any trce-ray subcommand (see jobs/README.md for the address and token), e.g.
 
-ray job submit --working-dir . -- python jobs/run.py eval --config jobs/configs/eval-sexual.yaml \
-    --model /mnt/runs/sexual --output /mnt/evals/sexual
+ray job submit --working-dir . --runtime-env cluster/runtime-env.yaml -- python jobs/run.py eval \
+    --model /mnt/shared/runs/sexual --suite sexual --data-dir /mnt/shared/data --output /mnt/shared/evals/sexual
 """
 
 import os
