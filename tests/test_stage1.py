@@ -123,9 +123,8 @@ def _assert_close(got, ref, tol=1e-6):  # float32 storage of a float64 solve
 def test_each_convention_matches_its_formula_in_float64(tiny_pipe, convention, keep, kw):
     cfg = _cfg(convention=convention, eta=0.05, **kw)
     got = compute_stage1(adapter_for(tiny_pipe), PAIRS, keep, cfg).delta
-    ref = reference(
-        tiny_pipe, PAIRS, keep, 0.05, convention, tuple(cfg.tokens), cfg.preserve_tokens, kw.get("ridge", 0.0)
-    )
+    roles = tuple(kw.get("tokens", ["eot"]))  # SD's default role: the first [EoT]
+    ref = reference(tiny_pipe, PAIRS, keep, 0.05, convention, roles, cfg.preserve_tokens, kw.get("ridge", 0.0))
     _assert_close(got, ref)
 
 

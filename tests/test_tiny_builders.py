@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 
-from trce_ray.errors import TRCEError
 from trce_ray.models import adapter_for, load_pipeline
 from trce_ray.models.tiny import FAMILIES, tiny_pipeline
 from trce_ray.models.tokenizer import T5_VOCAB_SIZE, t5_tokenizer
@@ -62,7 +61,7 @@ def test_t5_style_tokenizer_roles():
     assert tok.unk_token_id not in tok(text).input_ids
 
 
-@pytest.mark.parametrize("family", ["sd1", "sd3", "flux"])
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "sd3", "flux"])
 def test_saved_builder_loads_back_and_gets_its_adapter(tmp_path, family):
     pipe = tiny_pipeline(family)
     pipe.save_pretrained(tmp_path / family)
@@ -70,11 +69,7 @@ def test_saved_builder_loads_back_and_gets_its_adapter(tmp_path, family):
     assert type(loaded) is type(pipe)
     ref, got = _denoiser(pipe).state_dict(), _denoiser(loaded).state_dict()
     assert all(torch.equal(ref[k], got[k]) for k in ref)
-    if family == "sd1":
-        assert adapter_for(loaded).family == "sd"
-    else:  # their adapters come with the SDXL/SD3/FLUX issue; until then the error names what is supported
-        with pytest.raises(TRCEError, match=rf"no adapter for {type(pipe).__name__}; supported families: sd"):
-            adapter_for(loaded)
+    assert adapter_for(loaded).family == {"sd1": "sd", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux"}[family]
 
 
 def test_unknown_family_is_refused_by_name():

@@ -90,8 +90,9 @@ def add_stage1_flags(p: argparse.ArgumentParser) -> None:
         dest="tokens",
         action="append",
         choices=None,
-        metavar="eot|key|sot",
-        help="token role to remap (repeatable; default eot)",
+        metavar="ROLE",
+        help="token role to remap: eot, last, key, all, sot, or SEGMENT:ROLE with SEGMENT clip or t5 (repeatable; "
+        "default: the model family's, see docs/models.md)",
     )
     g.add_argument(
         "--preserve-tokens",

@@ -9,7 +9,8 @@ from pydantic import field_validator, model_validator
 
 from .base import Section, at_least_one, non_negative
 
-TokenRole = Literal["eot", "key", "sot"]
+ROLES = ("eot", "last", "key", "all", "sot")  # see trce_ray.models.tokens
+SEGMENTS = ("clip", "t5")
 Convention = Literal["paper", "authors", "normalised"]
 
 
@@ -21,13 +22,18 @@ class Stage1Config(Section):
     templates: int = 15  # how many templates of the pack's list to use (paper: 15)
     synonyms: int | None = None  # use the first N phrases of the pack (paper: 20 for sexual); None = all
     preserve_count: int = 1000  # preservation prompts taken from the preservation set
-    tokens: list[TokenRole] = ["eot"]  # token roles mapped from malicious to safe (paper Table 4); eot is the default
+    # token roles mapped from malicious to safe (paper Table 4): eot, last, key, all, sot; "t5:last" names one token
+    # segment (clip or t5), a bare role applies to every segment that has it; None = the family's defaults
+    # (docs/models.md: eot on CLIP, eot + last on T5)
+    tokens: list[str] | None = None
     # what eta multiplies (docs/stage1.md): "authors" = the authors' code, which made the paper's tables (so eta
     # means Sec. 5.1's and Table 3/4's values); "paper" = Eq. 5 as printed (unnormalised sums, [EoT] preserved);
     # "normalised" = each sum over its count (the only form before this setting existed)
     convention: Convention = "authors"
     # preservation rows: every token position or the first [EoT]; None = the convention's (paper: eot, else all)
     preserve_tokens: Literal["all", "eot"] | None = None
+    pooled: bool | None = None  # also edit the pooled-text projection (SDXL add_embedding, SD3/FLUX text_embedder)
+    blocks: Literal["default", "encoder", "all"] = "default"  # UNet blocks edited (default: SDXL encoder, SD all)
     eta: float = 0.01  # preservation weight of Eq. 4/5, in `convention`
     ridge: float = 0.0  # UCE-style lambda*W / lambda*I term for singular systems
     batch_size: int = 64  # prompts per text-encoder batch
@@ -36,15 +42,21 @@ class Stage1Config(Section):
     @field_validator("tokens", mode="before")
     @classmethod
     def _roles(cls, v):
+        if v is None:
+            return None
         if isinstance(v, str):
             v = [v]
-        allowed = ("eot", "key", "sot")
-        for role in v:
-            if role not in allowed:
-                raise ValueError(f"unknown token role {role!r}; choose from eot, key, sot")
+        if isinstance(v, dict):  # YAML mapping {clip: [eot], t5: [eot, last]}
+            v = [f"{seg}:{r}" for seg, rs in v.items() for r in ([rs] if isinstance(rs, str) else rs)]
+        for item in v:
+            seg, _, role = str(item).rpartition(":")
+            if role not in ROLES:
+                raise ValueError(f"unknown token role {role!r}; choose from {', '.join(ROLES)}")
+            if seg and seg not in SEGMENTS:
+                raise ValueError(f"unknown token segment {seg!r} in {item!r}; segments are {', '.join(SEGMENTS)}")
         if not v:
-            raise ValueError("at least one token role is needed")
-        return list(dict.fromkeys(v))
+            raise ValueError("at least one token role is needed (or leave tokens unset for the family's defaults)")
+        return list(dict.fromkeys(str(x) for x in v))
 
     @field_validator("concept")
     @classmethod

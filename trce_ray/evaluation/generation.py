@@ -88,7 +88,7 @@ class ImageGenerator:
         from transformers.utils import logging as tlog
 
         from ..models.erased import load_erased
-        from ..models.loading import resolve_device
+        from ..models.loading import adapter_for, resolve_device
 
         self.spec = spec
         self.device = resolve_device(spec.device)
@@ -100,14 +100,19 @@ class ImageGenerator:
         tlog.disable_progress_bar()  # long prompts are truncated to 77 tokens, as in every published evaluation
         self.pipe = load_erased(spec.model, list(spec.deltas), spec.allow_pickle, spec.dtype, self.device)
         self.pipe.set_progress_bar_config(disable=True)
+        self.adapter = adapter_for(self.pipe)
         self.root = Path(spec.image_root)
 
     def generate(self, prompts: list[str], seeds: list[int], guidance: float):
-        """PIL images for `prompts`, image i from `torch.Generator().manual_seed(seeds[i])`."""
+        """PIL images for `prompts`, image i from `torch.Generator().manual_seed(seeds[i])`.
+
+        Guidance is applied the family's way (`DiffusionAdapter.generation_kwargs`): classifier-free guidance for
+        SD/SDXL/SD3, the guidance embedding for guidance-distilled FLUX, true CFG against "" for other FLUX models.
+        """
         import torch
 
         generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
-        kwargs = {}
+        kwargs = self.adapter.generation_kwargs(float(guidance), len(prompts))
         if self.spec.height is not None:
             kwargs["height"] = self.spec.height
         if self.spec.width is not None:
@@ -116,7 +121,6 @@ class ImageGenerator:
             out = self.pipe(
                 list(prompts),
                 num_inference_steps=self.spec.steps,
-                guidance_scale=float(guidance),
                 generator=generators,
                 output_type="pil",
                 **kwargs,

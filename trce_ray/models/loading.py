@@ -15,9 +15,12 @@ import torch
 
 from ..errors import TRCEError
 from .base import DiffusionAdapter
+from .flux import FluxAdapter
 from .sd import SDAdapter
+from .sd3 import SD3Adapter
+from .sdxl import SDXLAdapter
 
-ADAPTERS: list[type[DiffusionAdapter]] = [SDAdapter]
+ADAPTERS: list[type[DiffusionAdapter]] = [SDAdapter, SDXLAdapter, SD3Adapter, FluxAdapter]
 PICKLE_SUFFIXES = {".bin", ".ckpt", ".pt", ".pth", ".pkl"}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
@@ -48,7 +51,7 @@ def adapter_for(pipe) -> DiffusionAdapter:
     for cls in ADAPTERS:
         if cls.matches(pipe):
             return cls(pipe)
-    supported = ", ".join(c.family for c in ADAPTERS)
+    supported = "; ".join(f"{c.family} ({', '.join(c.pipeline_classes)})" for c in ADAPTERS)
     raise TRCEError(f"no adapter for {type(pipe).__name__}; supported families: {supported}")
 
 

@@ -150,9 +150,10 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
 
 
 def tiny_t5_encoder(d_model: int = 32) -> T5EncoderModel:
+    """A random T5 encoder in eval mode (T5's config has dropout 0.1, which `from_pretrained` switches off too)."""
     return T5EncoderModel(
         T5Config(vocab_size=T5_VOCAB_SIZE, d_model=d_model, d_kv=8, d_ff=2 * d_model, num_layers=2, num_heads=4)
-    )
+    ).eval()
 
 
 def _flow_vae() -> AutoencoderKL:
@@ -163,7 +164,8 @@ def _flow_vae() -> AutoencoderKL:
 
 
 def tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
-    """SD3 layout: two CLIP encoders and T5 joined into one token sequence read by `context_embedder` (no attn2)."""
+    """SD3 layout: two CLIP encoders and T5 joined into one token sequence read by `context_embedder` (no attn2);
+    the CLIP states are zero-padded to T5's width, as in SD3 (2048 -> 4096)."""
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
         sample_size=16,
@@ -173,7 +175,7 @@ def tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
         num_layers=2,
         attention_head_dim=8,
         num_attention_heads=4,
-        joint_attention_dim=32,  # = T5 d_model = the two CLIP widths concatenated
+        joint_attention_dim=48,  # = T5 d_model, wider than the two CLIP widths (16 + 16), as 4096 > 2048
         caption_projection_dim=32,
         pooled_projection_dim=32,  # the two CLIP projections concatenated
         pos_embed_max_size=32,
@@ -186,7 +188,7 @@ def tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
         tokenizer=clip_tokenizer(),
         text_encoder_2=tiny_text_encoder(tiny_text_config(16, projection_dim=16), with_projection=True),
         tokenizer_2=clip_tokenizer(pad_token="!"),
-        text_encoder_3=tiny_t5_encoder(32),
+        text_encoder_3=tiny_t5_encoder(48),
         tokenizer_3=t5_tokenizer(),
     )
     pipe.set_progress_bar_config(disable=True)

@@ -1,8 +1,26 @@
-"""Token roles ([SoT], [KEY], first [EoT]) located from token ids, never from word counts."""
+"""Token roles, located from token ids and character offsets, never from word counts.
+
+Roles, per token segment (a run of positions from one tokenizer: "clip" or "t5"):
+
+* `eot`: the first [EoT] (CLIP) or the `</s>` T5 appends after the last piece.
+* `last`: the last content token, just before `eot` (UCE's choice for SDXL and FLUX).
+* `key`: the tokens of the [bracketed] keyword, found from the tokenizer's character offsets.
+* `all`: every non-pad position, `[SoT]` (CLIP) through `eot`.
+* `sot`: CLIP's [SoT] at position 0 (the paper's Table 4); T5 has no start token.
+"""
 
 from __future__ import annotations
 
 import torch
+
+from ..errors import TRCEError
+
+ROLES = ("eot", "last", "key", "all", "sot")
+SEGMENTS = ("clip", "t5")
+T5_ROLES = (
+    "eot (the </s> T5 appends after the prompt), last (the last content token, before </s>), key (the [bracketed] "
+    "keyword's pieces), all (every non-pad position); T5 has no start token"
+)
 
 
 def first_eot_index(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -13,14 +31,79 @@ def first_eot_index(input_ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     return is_eot.int().argmax(-1)
 
 
-def key_positions(tokenizer, prompt: str, span: tuple[int, int]) -> list[int]:
-    """Token positions covering prompt[span[0]:span[1]], counting [SoT] as position 0.
+def key_positions(tokenizer, prompt: str, span: tuple[int, int], max_length: int | None = None) -> list[int]:
+    """Token positions (counting special tokens, as the encoder sees them) covering prompt[span[0]:span[1]].
 
-    CLIP's pre-tokenizer splits on words before BPE, so the tokens of a prefix are a prefix of the tokens of the
-    whole prompt; the key's positions are the difference in length. Positions past the 77-token limit are dropped.
+    Uses the tokenizer's character offsets, which work for CLIP's BPE and for T5's unigram pieces alike. Positions
+    cut off by the `max_length` limit (default: the tokenizer's) are dropped.
     """
     start, end = span
-    n_before = len(tokenizer(prompt[:start], add_special_tokens=False).input_ids)
-    n_upto = len(tokenizer(prompt[:end], add_special_tokens=False).input_ids)
-    last = tokenizer.model_max_length - 2  # room for [SoT] and [EoT]
-    return [1 + i for i in range(n_before, n_upto) if 1 + i <= last]
+    enc = tokenizer(
+        prompt,
+        max_length=max_length or tokenizer.model_max_length,
+        truncation=True,
+        return_offsets_mapping=True,
+        return_special_tokens_mask=True,
+    )
+    return [
+        i
+        for i, ((s, e), special) in enumerate(zip(enc["offset_mapping"], enc["special_tokens_mask"]))
+        if not special and e > s and s < end and e > start
+    ]
+
+
+def parse_roles(tokens: list[str] | None, segments: tuple[str, ...], defaults: dict) -> dict[str, list[str]]:
+    """Token roles per segment: "segment:role" applies to that segment, a bare "role" to every segment that has it
+    (`sot` only exists on CLIP); a segment no item names keeps its default. None = the family's defaults.
+
+    Raises:
+        TRCEError: a role or segment this model's text does not have, explained in one sentence.
+    """
+    out: dict[str, list[str]] = {s: [] for s in segments}
+    for item in tokens or []:
+        seg, _, role = item.rpartition(":")
+        if role not in ROLES:
+            raise TRCEError(f"unknown token role {item!r}; roles are {', '.join(ROLES)}")
+        if seg and seg not in segments:
+            raise TRCEError(
+                f"token role {item!r} names the {seg} segment, but this model's text has only {', '.join(segments)}"
+            )
+        if role == "sot" and seg == "t5" or role == "sot" and not seg and segments == ("t5",):
+            raise TRCEError(f"token role 'sot' does not exist on the t5 segment; T5 roles are: {T5_ROLES}")
+        for s in [seg] if seg else segments:
+            if not (role == "sot" and s == "t5") and role not in out[s]:
+                out[s].append(role)
+    return {s: out[s] or list(defaults[s]) for s in segments}
+
+
+def role_notes(tokens: list[str] | None, roles: dict[str, list[str]]) -> list[str]:
+    """Plain-language notes for chosen roles that do not mean on T5 what they mean on CLIP."""
+    notes = []
+    if tokens is not None and "eot" in roles.get("t5", []):
+        notes.append(
+            "on the t5 segment 'eot' is the </s> token T5 appends: T5 attends both ways, so </s> is not the prompt "
+            "summary that CLIP's causal [EoT] is (the paper's reason for eot); T5 roles are: " + T5_ROLES
+        )
+    return notes
+
+
+def role_positions(segment, i: int, role: str, key: list[int] | None = None) -> list[int]:
+    """Positions of `role` in prompt `i` of a `TokenSegment` (`key`: its keyword's positions, for the key role).
+
+    `eot` and `all` end at the segment's [EoT] (for two CLIP tokenizers side by side, where both halves reached it);
+    `last` is the last content token of the segment's own tokenizer.
+    """
+    eot = int(segment.eot_index[i])
+    if role == "eot":
+        return [eot]
+    if role == "last":
+        own = int(first_eot_index(segment.input_ids[i : i + 1], segment.eos_id)[0])
+        first = 1 if segment.has_start_token else 0
+        return [own - 1 if own - 1 >= first else own]  # an empty prompt has no content token: fall back to eot
+    if role == "all":
+        return list(range(eot + 1))
+    if role == "sot":
+        return [0]
+    if role == "key":
+        return list(key or [])
+    raise TRCEError(f"unknown token role {role!r}; roles are {', '.join(ROLES)}")

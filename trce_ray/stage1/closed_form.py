@@ -95,13 +95,20 @@ def solve_map(stats: StreamStatistics, eta: float, convention: str, ridge: float
 
 
 @torch.no_grad()
-def edited_weights(adapter: DiffusionAdapter, maps: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """W' = W @ M for every stage-1 target, in the parameter's dtype; the model itself is not modified."""
+def edited_weights(
+    adapter: DiffusionAdapter, maps: dict[int, torch.Tensor], targets: dict[str, int] | None = None
+) -> dict[str, torch.Tensor]:
+    """W' = W @ M for every stage-1 target (default: the adapter's), in the parameter's dtype; the model itself is
+    not modified. Only the input columns that read the text stream change (SDXL's add_embedding keeps its time
+    columns bit for bit)."""
     params = dict(adapter.denoiser.named_parameters())
     out = {}
-    for name, stream in adapter.edit_targets().items():
-        w = params[name]
-        out[name] = (w.detach().double().cpu() @ maps[stream]).to(w.dtype)
+    for name, stream in (targets or adapter.edit_targets()).items():
+        w = params[name].detach().cpu()
+        cols = adapter.edit_columns(name)
+        new = w.clone()
+        new[:, cols] = (w[:, cols].double() @ maps[stream]).to(w.dtype)
+        out[name] = new
     return out
 
 
@@ -122,8 +129,9 @@ def diagnostics(
     res, drift = [], []
     p = gram_k / q
     for name, new in delta.items():
-        w = params[name].detach().double().cpu()
-        w2 = new.double()
+        cols = adapter.edit_columns(name)
+        w = params[name].detach().double().cpu()[:, cols]
+        w2 = new.double()[:, cols]
         res.append(float(((e_m @ w2.T - e_s @ w.T).norm(dim=1) / (e_s @ w.T).norm(dim=1).clamp_min(1e-12)).mean()))
         dw = w2 - w
         drift.append(float((torch.trace(dw @ p @ dw.T) / torch.trace(w @ p @ w.T)).clamp_min(0).sqrt()))

@@ -1,4 +1,9 @@
-"""The text embeddings Eq. 5 sums over: e_m / e_s rows per token role, and the preservation second moment."""
+"""The text embeddings Eq. 5 sums over: e_m / e_s rows per token role, and the preservation second moment.
+
+Rows come from one text stream at a time. A token stream may hold several token segments (SD3: CLIP then T5 in one
+sequence); each segment contributes the rows of its own token roles, all to the same sums. A pooled stream has one
+vector per prompt, so each pair gives one (e_m, e_s) row and each preservation prompt one e_k row, whatever the roles.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,10 @@ from tqdm.auto import tqdm
 
 from ..concepts import PromptPair
 from ..errors import TRCEError
-from ..models.base import DiffusionAdapter
-from ..models.tokens import key_positions
+from ..models.base import DiffusionAdapter, TextEmbeddings
+from ..models.tokens import key_positions, parse_roles, role_positions
+
+Roles = dict[str, list[str]]  # token roles per segment name, e.g. {"clip": ["eot"], "t5": ["eot", "last"]}
 
 
 def _batches(items: list, size: int):
@@ -16,47 +23,62 @@ def _batches(items: list, size: int):
         yield items[i : i + size]
 
 
-def role_rows(adapter: DiffusionAdapter, pairs: list[PromptPair], roles: list[str], eot_m, eot_s) -> tuple[list, list]:
-    """(prompt, position) rows in the erase and target embeddings for each requested token role."""
+def resolve_roles(adapter: DiffusionAdapter, roles: list[str] | Roles | None) -> Roles:
+    """Roles per segment of `adapter`'s text, from `stage1.tokens` (a list, "segment:role" items) or a mapping."""
+    if isinstance(roles, dict):
+        return {s: list(roles.get(s) or adapter.default_token_roles[s]) for s in adapter.segment_names()}
+    return parse_roles(roles, adapter.segment_names(), adapter.default_token_roles)
+
+
+def role_rows(pairs: list[PromptPair], roles: Roles, m: TextEmbeddings, s: TextEmbeddings) -> tuple[list, list]:
+    """(prompt, position) rows in the erase (`m`) and target (`s`) embeddings, paired row by row.
+
+    `eot`, `last` and `sot` pair like with like; each `key` token of the erase prompt pairs with the target's last
+    key token (if marked) or its `eot`; `all` pairs position j of the erase prompt with position j of the target,
+    for every non-pad position j of the erase prompt (both are padded to the same length).
+    """
     rows_m, rows_s = [], []
-    for i, pair in enumerate(pairs):
-        if "eot" in roles:
-            rows_m.append((i, int(eot_m[i])))
-            rows_s.append((i, int(eot_s[i])))
-        if "sot" in roles:
-            rows_m.append((i, 0))
-            rows_s.append((i, 0))
-        if "key" in roles:
-            if pair.erase_key is None:
-                raise TRCEError(
-                    f"token role 'key' needs the keyword marked: erase prompt {i + 1} ({pair.erase!r}) has no "
-                    "[bracketed] span"
-                )
-            if pair.target_key is not None:
-                target_pos = key_positions(adapter.tokenizer, pair.target, pair.target_key)
-                s_pos = target_pos[-1] if target_pos else int(eot_s[i])
-            else:
-                s_pos = int(eot_s[i])
-            for p in key_positions(adapter.tokenizer, pair.erase, pair.erase_key):
-                rows_m.append((i, p))
-                rows_s.append((i, s_pos))
+    if m.pooled:
+        return [(i, 0) for i in range(len(pairs))], [(i, 0) for i in range(len(pairs))]
+    for seg_m, seg_s in zip(m.segments, s.segments):
+        eot_s = seg_s.eot_index.tolist()
+        length = seg_m.input_ids.shape[1]
+        for i, pair in enumerate(pairs):
+            for role in roles[seg_m.name]:
+                if role == "key":
+                    if pair.erase_key is None:
+                        raise TRCEError(
+                            f"token role 'key' needs the keyword marked: erase prompt {i + 1} ({pair.erase!r}) has "
+                            "no [bracketed] span"
+                        )
+                    pm = key_positions(seg_m.tokenizer, pair.erase, pair.erase_key, length)
+                    marked = pair.target_key is not None
+                    target = key_positions(seg_s.tokenizer, pair.target, pair.target_key, length) if marked else []
+                    ps = (target[-1:] or [eot_s[i]]) * len(pm)
+                elif role == "all":
+                    pm = ps = role_positions(seg_m, i, "all")
+                else:
+                    pm, ps = role_positions(seg_m, i, role), role_positions(seg_s, i, role)
+                rows_m += [(i, seg_m.start + p) for p in pm]
+                rows_s += [(i, seg_s.start + p) for p in ps]
     return rows_m, rows_s
 
 
 def erase_embeddings(
     adapter: DiffusionAdapter,
     pairs: list[PromptPair],
-    roles: list[str],
+    roles: list[str] | Roles | None,
     stream: int = 0,
     batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """e_m and e_s rows ([n, d], float64) for the requested token roles."""
+    """e_m and e_s rows ([n, d], float64) of `stream` for the requested token roles."""
+    roles = resolve_roles(adapter, roles)
     em, es = [], []
     for chunk in tqdm(list(_batches(pairs, batch_size)), desc="embed erase prompts", disable=not progress):
         m = adapter.encode_text([p.erase for p in chunk], stream)
         s = adapter.encode_text([p.target for p in chunk], stream)
-        rows_m, rows_s = role_rows(adapter, chunk, roles, m.eot_index, s.eot_index)
+        rows_m, rows_s = role_rows(chunk, roles, m, s)
         hm, hs = m.hidden.double().cpu(), s.hidden.double().cpu()
         em.append(torch.stack([hm[i, p] for i, p in rows_m]))
         es.append(torch.stack([hs[i, p] for i, p in rows_s]))
@@ -71,18 +93,24 @@ def preserve_gram(
     batch_size: int = 64,
     progress: bool = False,
 ) -> tuple[torch.Tensor, int]:
-    """(sum e_k e_k^T, count) over every token position ("all") or the first [EoT] ("eot") of `prompts`."""
+    """(sum e_k e_k^T, count) over every position the edited matrices read ("all", padding included) or the first
+    [EoT] / </s> of each token segment ("eot") of `prompts`; a pooled stream has one row per prompt."""
     gram, count = None, 0
     for chunk in tqdm(list(_batches(prompts, batch_size)), desc="embed preserve prompts", disable=not progress):
         out = adapter.encode_text(chunk, stream)
-        g, c = gram_of(out.hidden, out.eot_index, mode)
+        eot = None if out.pooled else torch.stack([seg.start + seg.eot_index for seg in out.segments], dim=1)
+        g, c = gram_of(out.hidden, eot, "all" if out.pooled else mode)
         gram = g if gram is None else gram + g
         count += c
     return gram, count
 
 
-def gram_of(hidden: torch.Tensor, eot_index: torch.Tensor, mode: str = "all") -> tuple[torch.Tensor, int]:
-    """(sum e e^T, count) of one batch of hidden states [B, L, D], in float64."""
+def gram_of(hidden: torch.Tensor, eot_index: torch.Tensor | None, mode: str = "all") -> tuple[torch.Tensor, int]:
+    """(sum e e^T, count) of one batch of hidden states [B, L, D], in float64; `eot_index` is [B] or [B, segments]."""
     h = hidden.double().cpu()
-    rows = h.reshape(-1, h.shape[-1]) if mode == "all" else h[torch.arange(h.shape[0]), eot_index.cpu()]
+    if mode == "all":
+        rows = h.reshape(-1, h.shape[-1])
+    else:
+        idx = eot_index.cpu().reshape(h.shape[0], -1)
+        rows = torch.cat([h[torch.arange(h.shape[0]), idx[:, k]] for k in range(idx.shape[1])])
     return rows.T @ rows, rows.shape[0]

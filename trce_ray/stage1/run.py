@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,8 +16,9 @@ from ..errors import TRCEError
 from ..models import adapter_for
 from ..models.base import DiffusionAdapter
 from ..models.loading import load_model
+from ..models.tokens import role_notes
 from .closed_form import diagnostics, edited_weights, solve_map, stream_statistics
-from .embeddings import erase_embeddings, preserve_gram
+from .embeddings import erase_embeddings, preserve_gram, resolve_roles
 
 STAGE1_FILE = "stage1.safetensors"
 
@@ -28,7 +30,7 @@ def stage1_prompts(s1: Stage1Config) -> tuple[list[PromptPair], list[str]]:
     else:
         pairs = pairs_from_files(s1.erase_prompts, s1.target_prompts)
     keep = preserve_prompts(s1.preserve_prompts, s1.preserve_count)
-    if "key" in s1.tokens:
+    if any(role.rpartition(":")[2] == "key" for role in s1.tokens or []):
         unmarked = [i for i, p in enumerate(pairs) if p.erase_key is None]
         if unmarked:
             raise TRCEError(
@@ -43,29 +45,51 @@ class Stage1Result:
     delta: dict[str, torch.Tensor]
     diagnostics: dict[str, float]
     timings: dict[str, float] = field(default_factory=dict)
+    token_roles: dict[str, list[str]] = field(default_factory=dict)  # the roles used, per token segment
+    notes: list[str] = field(default_factory=list)  # what a chosen role means on this model (e.g. eot on T5)
 
 
 def compute_stage1(
     adapter: DiffusionAdapter, pairs: list[PromptPair], keep: list[str], s1: Stage1Config, progress: bool = False
 ) -> Stage1Result:
-    """Solve Eq. 5 once per text stream and return the edited K/V weights (the model is left untouched)."""
+    """Solve Eq. 5 once per text stream and return the edited weights (the model is left untouched).
+
+    Diagnostics are reported for the token stream as `erase_residual` / `preserve_drift`, and for any other edited
+    stream with its name as prefix (e.g. `pooled_erase_residual`).
+    """
+    targets = adapter.edit_targets(pooled=s1.pooled, blocks=s1.blocks)
+    roles = resolve_roles(adapter, s1.tokens)
+    notes = role_notes(s1.tokens, roles)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
     maps, diag, timings = {}, {}, {"embed_s": 0.0, "solve_s": 0.0}
-    for stream in sorted(set(adapter.edit_targets().values())):
+    for stream in sorted(set(targets.values())):
         t0 = time.perf_counter()
-        e_m, e_s = erase_embeddings(adapter, pairs, s1.tokens, stream, s1.batch_size, progress)
+        e_m, e_s = erase_embeddings(adapter, pairs, roles, stream, s1.batch_size, progress)
         gram_k, q = preserve_gram(adapter, keep, s1.preserve_tokens, stream, s1.batch_size, progress)
         t1 = time.perf_counter()
         stats = stream_statistics(e_m, e_s, gram_k, q, len(pairs), len(keep))
-        maps[stream] = solve_map(stats, s1.eta, s1.convention, s1.ridge)
+        try:
+            maps[stream] = solve_map(stats, s1.eta, s1.convention, s1.ridge)
+        except TRCEError as err:
+            if stream not in adapter.singular_hints:
+                raise
+            name = adapter.stream_names[stream]
+            raise TRCEError(
+                f"the {name} stream's stage-1 system is singular: {adapter.singular_hints[stream]}"
+            ) from err
         timings["embed_s"] += t1 - t0
         timings["solve_s"] += time.perf_counter() - t1
         diag[stream] = (e_m, e_s, gram_k, q)
     t2 = time.perf_counter()
-    delta = edited_weights(adapter, maps)
+    delta = edited_weights(adapter, maps, targets)
     timings["solve_s"] += time.perf_counter() - t2
-    e_m, e_s, gram_k, q = diag[0]
-    stream0 = {k: v for k, v in delta.items() if adapter.edit_targets()[k] == 0}
-    return Stage1Result(delta, diagnostics(adapter, stream0, e_m, e_s, gram_k, q), timings)
+    diagnostic = {}
+    for stream, (e_m, e_s, gram_k, q) in diag.items():
+        prefix = "" if stream == 0 else f"{adapter.stream_names[stream]}_"
+        part = {k: v for k, v in delta.items() if targets[k] == stream}
+        diagnostic.update({prefix + k: v for k, v in diagnostics(adapter, part, e_m, e_s, gram_k, q).items()})
+    return Stage1Result(delta, diagnostic, timings, roles, notes)
 
 
 def run_stage1(
@@ -82,6 +106,7 @@ def run_stage1(
     if pipe is None:
         pipe = load_model(cfg)
     adapter = adapter_for(pipe)
+    resolve_roles(adapter, s1.tokens)  # a role this model's text does not have fails before the folder appears
     with atomic_dir(output, overwrite=overwrite) as tmp:
         result = compute_stage1(adapter, pairs, keep, s1, progress)
         meta = {"format": "trce-ray-delta", "stage": "1", "base_model": cfg.model.path, "eta": str(s1.eta)}
@@ -94,7 +119,7 @@ def run_stage1(
                 "erase": [p.erase for p in pairs],
                 "target": [p.target for p in pairs],
                 "preserve": keep,
-                "tokens": list(s1.tokens),
+                "tokens": result.token_roles,
                 "preserve_tokens": s1.preserve_tokens,
                 "convention": s1.convention,
             },
@@ -105,6 +130,9 @@ def run_stage1(
                 "n_erase_prompts": len(pairs),
                 "n_preserve_prompts": len(keep),
                 "n_edited_matrices": len(result.delta),
+                "model_family": adapter.family,
+                "token_roles": result.token_roles,
+                "notes": result.notes,
                 **result.diagnostics,
                 **result.timings,
             },
