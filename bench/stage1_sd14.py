@@ -116,7 +116,8 @@ def main() -> None:
     for h, eot in zip(keep_hidden, keep_eot):
         g, c = gram_of(h, eot)
         gram, q = (g if gram is None else gram + g), q + c
-    m = solve_map(stream_statistics(e_m, e_s, gram, q), args.eta)
+    stats = stream_statistics(e_m, e_s, gram, q, len(pairs), len(keep))
+    m = solve_map(stats, args.eta, "normalised")  # each sum over its count, as reference_loop
     ours = {n: w.double() @ m for n, w in weights.items()}
     ours_s = time.perf_counter() - t0
 

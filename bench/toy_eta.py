@@ -1,6 +1,10 @@
 """Stage-1 preservation weight on the toy world: erasure and preservation for several eta, original as baseline.
 
     PYTHONPATH=. OMP_NUM_THREADS=1 python bench/toy_eta.py --target red --eta 0.01 0.1 1 10
+    PYTHONPATH=. OMP_NUM_THREADS=1 python bench/toy_eta.py --target red --convention normalised --eta 0.01 0.1 1 10
+
+eta is read in `--convention` (default: stage1.convention's default; docs/stage1.md), with that convention's
+preserved tokens.
 
 Every row uses the same prompts and seeds as the original row (24 direct, 24 held-out paraphrase and 6 prompts
 per other colour), so differences are the edit's alone. Prints the Table-1-style rows.
@@ -13,6 +17,7 @@ import argparse
 import torch
 
 from trce_ray.artifacts import apply_delta
+from trce_ray.config import Stage1Config
 from trce_ray.models import adapter_for
 from trce_ray.stage1.run import compute_stage1, stage1_prompts
 from trce_ray.toy.assets import load_toy_classifier, load_toy_pipeline
@@ -26,6 +31,7 @@ def main() -> None:
     ap.add_argument("--target", default="red")
     ap.add_argument("--eta", type=float, nargs="+", default=[0.01, 0.1, 1.0, 10.0])
     ap.add_argument("--tokens", nargs="+", default=["eot"])
+    ap.add_argument("--convention", default=Stage1Config.model_fields["convention"].default)
     args = ap.parse_args()
     torch.set_num_threads(1)
     pipe, classifier = load_toy_pipeline(), load_toy_classifier()
@@ -39,12 +45,14 @@ def main() -> None:
     rows["original"], reference = measure()
     original = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
     for eta in args.eta:
-        demo = ToyDemoConfig(target=args.target, device="cpu", stage1={"eta": eta, "tokens": args.tokens})
+        s1 = {"eta": eta, "tokens": args.tokens, "convention": args.convention}
+        demo = ToyDemoConfig(target=args.target, device="cpu", stage1=s1)
         cfg = stage1_config(demo)
         pairs, keep = stage1_prompts(cfg.stage1)
         apply_delta(pipe.unet, compute_stage1(adapter_for(pipe), pairs, keep, cfg.stage1).delta)
         rows[f"eta={eta:g}"], _ = measure(reference)
         pipe.unet.load_state_dict(original)
+    print(f"convention {args.convention}, preserved tokens {cfg.stage1.preserve_tokens}")
     print(format_table(rows, args.target))
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import ray.cloudpickle
 
 from trce_ray.stage2.cache import ShardWorker, build_cache, cache_dir_for, load_rows
-from trce_ray.stage2.plan import MALICIOUS, UNCONDITIONAL, make_plan, sampling_cost
+from trce_ray.stage2.plan import MALICIOUS, UNCONDITIONAL, make_plan
 from trce_ray.stage2.shards import read_shard
 
 from .test_stage2_units import PAIRS, stage2_config
@@ -47,7 +47,20 @@ def test_cache_killed_actor_redone_once_then_reused_and_resumed(tmp_path, tiny_s
     assert counts.pop(f"{MALICIOUS}-00001.parquet") == 2
     assert set(counts.values()) == {1}
     manifest = json.loads((info.path / "manifest.json").read_text())
-    assert manifest["denoiser_rows"] == sampling_cost(specs) == manifest["planned_denoiser_rows"]
+    # what sampling must have cost, derived from the draw plan alone: a malicious trajectory runs guided sampling
+    # (2 denoiser rows: empty and c_m) down to its deepest drawn step, plus one c_s row at each distinct drawn
+    # step; an unconditional trajectory runs 1 row per step down to its deepest drawn step
+    mal_rows = unc_rows = expected = 0
+    for item in range(cfg.cache.malicious_samples):
+        drawn = set(plan.erase_step[plan.erase_item == item].tolist())
+        expected += 2 * (max(drawn) + 1) + len(drawn)
+        mal_rows += len(drawn)
+    for item in set(plan.preserve_item.ravel().tolist()):
+        drawn = set(plan.preserve_step[plan.preserve_item == item].tolist())
+        expected += max(drawn) + 1
+        unc_rows += len(drawn)
+    assert manifest["denoiser_rows"] == expected == manifest["planned_denoiser_rows"]
+    assert manifest["rows"] == {MALICIOUS: mal_rows, UNCONDITIONAL: unc_rows}
     assert sorted(i for s in manifest["shards"] if s["kind"] == MALICIOUS for i in s["items"]) == [0, 1, 2, 3]
 
     # every planned draw finds its record, with the t that produced it

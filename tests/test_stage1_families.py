@@ -70,7 +70,7 @@ def sdxl_rows(pipe, prompts):
 def test_sdxl_stage1_is_eq5_on_every_kv_and_the_pooled_text_columns():
     pipe = tiny_pipeline("sdxl")
     adapter = adapter_for(pipe)
-    cfg = Stage1Config(concept="sexual", eta=0.05, pooled=True, blocks="all")
+    cfg = Stage1Config(concept="sexual", convention="normalised", eta=0.05, pooled=True, blocks="all")
     delta = compute_stage1(adapter, PAIRS, KEEP, cfg).delta
     hm, pm, eot_m = sdxl_rows(pipe, [p.erase for p in PAIRS])
     hs, ps, eot_s = sdxl_rows(pipe, [p.target for p in PAIRS])
@@ -105,7 +105,8 @@ def test_sdxl_default_edits_the_encoder_only_and_no_pooled_path():
 def test_sd3_stage1_sums_clip_and_t5_rows_of_one_context_embedder():
     pipe = tiny_pipeline("sd3")
     adapter = adapter_for(pipe)
-    cfg = Stage1Config(concept="sexual", eta=0.05, pooled=True, ridge=1e-3)  # the pooled path needs the ridge
+    # the pooled path needs the ridge
+    cfg = Stage1Config(concept="sexual", convention="normalised", eta=0.05, pooled=True, ridge=1e-3)
     delta = compute_stage1(adapter, PAIRS, KEEP, cfg).delta
 
     def rows(prompts):
@@ -145,7 +146,8 @@ def test_sd3_pooled_edit_without_ridge_says_why():
 def test_flux_stage1_is_eq5_on_context_embedder_and_pooled_projection():
     pipe = tiny_pipeline("flux")
     adapter = adapter_for(pipe)
-    delta = compute_stage1(adapter, PAIRS, KEEP, Stage1Config(concept="sexual", eta=0.05)).delta
+    cfg = Stage1Config(concept="sexual", convention="normalised", eta=0.05)
+    delta = compute_stage1(adapter, PAIRS, KEEP, cfg).delta
 
     def rows(prompts):
         hidden, pooled, _ = pipe.encode_prompt(prompts, prompts, device="cpu", max_sequence_length=256)

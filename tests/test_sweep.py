@@ -69,6 +69,8 @@ def _sweep(out, tracking, *extra):
             "--tracking-uri",
             tracking,
             "--set",
+            "stage1.convention=normalised",  # the eta range below is the normalised one (docs/stage1.md)
+            "--set",
             "eval.steps=10",
             "--set",
             "eval.limit=8",

@@ -84,7 +84,7 @@ def add_stage1_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--preserve-prompts", metavar="FILE", help="one preservation prompt a line (default: vendored COCO)"
     )
-    g.add_argument("--eta", type=float, help="preservation weight (stage1.eta, default 0.01)")
+    g.add_argument("--eta", type=float, help="preservation weight (stage1.eta, default 0.01, in stage1.convention)")
     g.add_argument(
         "--token",
         dest="tokens",
@@ -95,7 +95,9 @@ def add_stage1_flags(p: argparse.ArgumentParser) -> None:
         "default: the model family's, see docs/models.md)",
     )
     g.add_argument(
-        "--preserve-tokens", choices=["all", "eot"], help="preserve all positions (default) or the first [EoT]"
+        "--preserve-tokens",
+        choices=["all", "eot"],
+        help="preserve all positions or the first [EoT] (default: stage1.convention's; docs/stage1.md)",
     )
     g.add_argument("--ridge", type=float, help="UCE-style ridge for singular systems (default 0)")
     g.add_argument("--templates", type=int, help="number of prompt templates (default 15)")

@@ -8,7 +8,7 @@ from .common import add_config_flags, add_stage1_flags, quiet_threads, resolve_c
 
 EXAMPLES = """examples:
   trce-ray sweep --model toy --concept toy-red --preserve-prompts trce_ray/toy/prompts/preserve-red.txt \\
-      --grid stage1.eta=0.01,0.1,1,10 --suite toy --metric toy/direct --output runs/sweep-eta
+      --grid stage1.eta=0.002,0.005,0.01,0.02 --suite toy --metric toy/direct --output runs/sweep-eta
   trce-ray sweep --config jobs/configs/toy-sweep.yaml --output runs/sweep          # the same, from YAML
   trce-ray sweep --config jobs/configs/sd14-sexual.yaml --grid stage1.eta=0.002,0.005,0.01,0.02 \\
       --grid "stage1.tokens=[eot];[eot,key]" --suite sexual --data-dir /data/trce --metric adv_asr \\

@@ -12,6 +12,7 @@ from .base import Section, at_least_one, non_negative
 
 ROLES = ("eot", "last", "key", "all", "sot")  # see trce_ray.models.tokens
 SEGMENTS = ("clip", "t5")
+Convention = Literal["paper", "authors", "normalised"]
 
 
 class Stage1Config(Section):
@@ -26,10 +27,15 @@ class Stage1Config(Section):
     # segment (clip or t5), a bare role applies to every segment that has it; None = the family's defaults
     # (docs/models.md: eot on CLIP, eot + last on T5)
     tokens: list[str] | None = None
-    preserve_tokens: Literal["all", "eot"] = "all"  # preserve every position of preservation prompts, or first [EoT]
+    # what eta multiplies (docs/stage1.md): "authors" = the authors' code, which made the paper's tables (so eta
+    # means Sec. 5.1's and Table 3/4's values); "paper" = Eq. 5 as printed (unnormalised sums, [EoT] preserved);
+    # "normalised" = each sum over its count (the only form before this setting existed)
+    convention: Convention = "authors"
+    # preservation rows: every token position or the first [EoT]; None = the convention's (paper: eot, else all)
+    preserve_tokens: Literal["all", "eot"] | None = None
     pooled: bool | None = None  # also edit the pooled-text projection (SDXL add_embedding, SD3/FLUX text_embedder)
     blocks: Literal["default", "encoder", "all"] = "default"  # UNet blocks edited (default: SDXL encoder, SD all)
-    eta: float = 0.01  # preservation weight in Eq. 4 (applied once)
+    eta: float = 0.01  # preservation weight of Eq. 4/5, in `convention`
     ridge: float = 0.0  # UCE-style lambda*W / lambda*I term for singular systems
     batch_size: int = 64  # prompts per text-encoder batch
     save_pipeline: bool = False  # also write a full save_pretrained folder of the edited pipeline
@@ -86,6 +92,23 @@ class Stage1Config(Section):
         if v is not None and not Path(v).expanduser().is_file():
             raise ValueError(f"prompt file {v} does not exist")
         return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _convention_tokens(cls, data):
+        if isinstance(data, dict) and data.get("preserve_tokens") is None:
+            convention = data.get("convention", cls.model_fields["convention"].default)
+            data = {**data, "preserve_tokens": "eot" if convention == "paper" else "all"}
+        return data
+
+    @model_validator(mode="after")
+    def _authors_all_tokens(self):
+        if self.convention == "authors" and self.preserve_tokens != "all":
+            raise ValueError(
+                "convention 'authors' preserves every token position (the authors' COCO cache sums all 77); "
+                "drop preserve_tokens or choose convention 'paper' or 'normalised'"
+            )
+        return self
 
     @model_validator(mode="after")
     def _source(self):
