@@ -1,4 +1,8 @@
-"""Shared by the job scripts: join the Ray cluster the job runs on, then hand over to the CLI."""
+"""Shared by the job scripts: join the Ray cluster the job runs on (trce_ray.ray_runtime), then hand over to the CLI.
+
+Inside `ray job submit`, Ray sets RAY_ADDRESS for the driver; `ensure_ray` joins that cluster (probing it first).
+Without RAY_ADDRESS the CLI starts its own private local instance when a command needs Ray.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,17 @@ import sys
 
 
 def run(argv: list[str]) -> int:
-    import ray
-
     from trce_ray.cli import main
 
-    if os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
-        ray.init(address="auto")  # inside `ray job submit` this joins the job's cluster
+    if os.environ.get("RAY_ADDRESS"):
+        from trce_ray.errors import TRCEError
+        from trce_ray.ray_runtime import ensure_ray
+
+        try:
+            ensure_ray()
+        except TRCEError as err:
+            print(f"trce-ray: error: {err}", file=sys.stderr)
+            return 2
     return main(argv)
 
 

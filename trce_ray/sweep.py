@@ -14,10 +14,11 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import math
 import re
 import shutil
 from copy import deepcopy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .artifacts import atomic_file, write_json
@@ -144,7 +145,7 @@ def tune_trainable(space: dict) -> None:
     quiet_libraries()
     torch.set_num_threads(1)
     spec = space["trial"]
-    trial = Trial(spec["name"], spec["params"], TRCEConfig.model_validate(spec["cfg"]))
+    trial = Trial(spec["name"], spec["params"], validate(TRCEConfig, spec["cfg"]))
     metrics = run_trial_folder(trial, Path(space["root"]), parse_stages(space["stages"]))
     tune.report(metrics)
 
@@ -158,6 +159,8 @@ class SweepResult:
     output: Path
     rows: list[dict]  # one per trial: name, swept params, metrics or error
     best: dict | None
+    ties: list[str] = field(default_factory=list)  # trials equal to the best on the metric and every tie-breaker
+    breakers: list[str] = field(default_factory=list)  # metrics that broke a tie on the metric
 
 
 def _collect(trials: list[Trial], root: Path, errors: dict[str, str]) -> list[dict]:
@@ -170,11 +173,53 @@ def _collect(trials: list[Trial], root: Path, errors: dict[str, str]) -> list[di
     return rows
 
 
-def _best(rows: list[dict], metric: str | None, mode: str) -> dict | None:
-    scored = [r for r in rows if metric and isinstance(r.get(metric), (int, float))]
+def _number(v) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not math.isnan(v) else None
+
+
+def tie_breakers(rows: list[dict], metric: str | None) -> list[tuple[str, str]]:
+    """(metric, "higher"/"lower" is better) of the report tables the trials belong in, in column order: the metrics
+    that break a tie on `metric` (e.g. toy/preservation, higher is better, after toy/direct)."""
+    from .evaluation.report import RunMetrics, tables_for
+
+    runs = [RunMetrics(r["trial"], {k: v for k, v in r.items() if _number(v) is not None}, "") for r in rows]
+    out: list[tuple[str, str]] = []
+    for table, _ in tables_for(runs):
+        for col in table.columns:
+            out += [(k, col.better) for k in col.keys if k != metric and (k, col.better) not in out]
+    return out
+
+
+def rank(rows: list[dict], metric: str | None, mode: str) -> tuple[dict | None, list[str], list[str]]:
+    """The best row by `metric` (`mode`), ties broken by `tie_breakers` in order.
+
+    Returns (best row or None, names of the rows still tied with it after every tie-breaker, the tie-breakers that
+    decided: empty when `metric` alone did).
+    """
+    scored = [r for r in rows if metric and _number(r.get(metric)) is not None]
     if not scored:
-        return None
-    return (min if mode == "min" else max)(scored, key=lambda r: r[metric])
+        return None, [], []
+    breakers = tie_breakers(scored, metric)
+
+    def key(r: dict) -> list[float]:
+        out = [_number(r[metric]) * (1 if mode == "min" else -1)]
+        for name, better in breakers:
+            v = _number(r.get(name))
+            out.append(math.inf if v is None else (-v if better == "higher" else v))
+        return out
+
+    ordered = sorted(scored, key=key)
+    best = key(ordered[0])
+    ties = [r["trial"] for r in ordered if key(r) == best]
+    on_metric = [r for r in ordered if key(r)[0] == best[0]]
+    used = []
+    if len(on_metric) > 1:  # the breakers that differ among the rows tied on the metric
+        used = [n for i, (n, _) in enumerate(breakers, 1) if len({key(r)[i] for r in on_metric}) > 1]
+    return ordered[0], ties, used
+
+
+def _best(rows: list[dict], metric: str | None, mode: str) -> dict | None:
+    return rank(rows, metric, mode)[0]
 
 
 def write_table(rows: list[dict], out: Path) -> list[str]:
@@ -243,6 +288,28 @@ def write_plot(rows: list[dict], grid: dict, metrics: list[str], path: Path) -> 
     return True
 
 
+class TrialFailed(Exception):
+    """A failed trial's error, re-raised in its MLflow run so the run ends FAILED (tag trce.error)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def error_sentence(err: BaseException) -> str:
+    """A trial's error as one sentence: a trce-ray error's own message (through Ray's wrappers), else the
+    exception line of the traceback, never a library's footer."""
+    seen, cause = set(), err
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, TRCEError):
+            text = str(cause).strip()
+            return text.splitlines()[0] if text else type(cause).__name__
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    exc_lines = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b[^:]*: \S", line)]
+    return (exc_lines or lines or [type(err).__name__])[-1]
+
+
 def _log_to_mlflow(cfg: TRCEConfig, trials: list[Trial], rows: list[dict], out: Path) -> None:
     from .tracking import track
 
@@ -250,17 +317,20 @@ def _log_to_mlflow(cfg: TRCEConfig, trials: list[Trial], rows: list[dict], out: 
     with track(cfg, "sweep", run_name=f"sweep {out.name}") as parent:
         for t in trials:
             row = by_name[t.name]
-            with track(
-                t.cfg,
-                "sweep-trial",
-                run_name=t.name,
-                parent_run_id=parent.run_id,
-                tags={"trce.sweep": out.name, "trce.error": row["error"][:500]},
-            ) as run:
-                run.log_metrics({k: v for k, v in row.items() if k not in t.params and isinstance(v, (int, float))})
+            try:
+                with track(
+                    t.cfg, "sweep-trial", run_name=t.name, parent_run_id=parent.run_id, tags={"trce.sweep": out.name}
+                ) as run:
+                    run.log_metrics({k: v for k, v in row.items() if k not in t.params and _number(v) is not None})
+                    if row["error"]:
+                        raise TrialFailed(row["error"])  # the trial's run ends FAILED, its error as a tag
+            except TrialFailed:
+                pass
         for name in ("sweep.csv", "sweep.md", "sweep.png"):
             if (out / name).is_file():
                 parent.log_artifact(out / name)
+        if all(r["error"] for r in rows):
+            raise TRCEError(f"every trial of the sweep failed; first error: {rows[0]['error']} (see {out}/sweep.csv)")
 
 
 def run_sweep(
@@ -308,13 +378,14 @@ def run_sweep(
     errors = {}
     for result in grid:
         if result.error is not None:
-            errors[result.config["trial"]["name"]] = str(result.error).strip().splitlines()[-1][:500]
+            errors[result.config["trial"]["name"]] = error_sentence(result.error)[:500]
     rows = _collect(trials, root, errors)
     write_table(rows, out)
     write_plot(rows, cfg.sweep.grid, plot_metrics(cfg), out / "sweep.png")
-    best = _best(rows, cfg.sweep.metric, cfg.sweep.mode)
-    write_json(out / "sweep.json", {"rows": rows, "best": best, "metric": cfg.sweep.metric, "mode": cfg.sweep.mode})
-    _log_to_mlflow(cfg, trials, rows, out)
-    if all(r["error"] for r in rows):
-        raise TRCEError(f"every trial of the sweep failed; first error: {rows[0]['error']} (see {out}/sweep.csv)")
-    return SweepResult(out, rows, best)
+    best, ties, breakers = rank(rows, cfg.sweep.metric, cfg.sweep.mode)
+    write_json(
+        out / "sweep.json",
+        {"rows": rows, "best": best, "ties": ties, "metric": cfg.sweep.metric, "mode": cfg.sweep.mode},
+    )
+    _log_to_mlflow(cfg, trials, rows, out)  # raises, with the sweep's run FAILED, when every trial failed
+    return SweepResult(out, rows, best, ties, breakers)

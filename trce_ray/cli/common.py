@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
+from typing import Any
 
 
 def add_set_flag(p, help: str) -> None:
@@ -34,6 +36,12 @@ def add_config_flags(p: argparse.ArgumentParser, output_required: bool = True) -
     )
     p.add_argument("--output", metavar="DIR", required=output_required, help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument(
+        "--allow-job-local-paths",
+        action="store_true",
+        default=None,
+        help="inside a Ray job, accept outputs in the job's temporary folder (allow_job_local_paths; docs/cluster.md)",
+    )
 
 
 def common_overrides(args: argparse.Namespace) -> dict:
@@ -47,18 +55,28 @@ def common_overrides(args: argparse.Namespace) -> dict:
         "tracking.experiment": args.experiment,
         "tracking.enabled": args.tracking_enabled,
         "output": args.output,
+        "allow_job_local_paths": args.allow_job_local_paths,
     }
 
 
-def resolve_config(args: argparse.Namespace, overrides: dict):
-    """Config file, then named flags, then --set items (last wins); validated once."""
+def resolve_config(args: argparse.Namespace, overrides: dict, uses_cache: bool | Callable[[Any], bool] = False):
+    """Config file, then named flags, then --set items (last wins); validated once, every path made absolute here.
+
+    Inside a Ray job, what the command writes (output, checkpoints, images, the MLflow database, and `cache.root` when
+    `uses_cache`, a bool or a test of the config) must not land in the job's temporary folder (config/paths.py).
+    """
     from ..config import load_config, parse_set
+    from ..config.paths import WRITTEN_FIELDS, check_job_paths, written_paths
 
     merged = {**common_overrides(args), **overrides}
     for item in args.sets:
         key, value = parse_set(item)
         merged[key] = value
-    return load_config(args.config, merged)
+    cfg = load_config(args.config, merged)
+    cache = uses_cache(cfg) if callable(uses_cache) else uses_cache
+    fields = tuple(f for f in WRITTEN_FIELDS if cache or f != "cache.root")
+    check_job_paths(written_paths(cfg, fields), cfg.allow_job_local_paths)
+    return cfg
 
 
 def quiet_threads() -> None:

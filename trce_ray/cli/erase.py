@@ -44,10 +44,10 @@ def erase_overrides(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = resolve_config(args, erase_overrides(args))
     from ..workflow import parse_stages
 
     stages = parse_stages(args.stages)
+    cfg = resolve_config(args, erase_overrides(args), uses_cache="visual" in stages)
     quiet_threads()
     from ..tracking import log_erase_output, track
     from ..workflow import run_erasure

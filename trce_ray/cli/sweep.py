@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         "eval.sets": args.eval_sets,
         "eval.data_dir": args.data_dir,
     }
-    cfg = resolve_config(args, overrides)
+    cfg = resolve_config(args, overrides, uses_cache=lambda c: "visual" in c.sweep.stages)
     quiet_threads()
     from ..sweep import run_sweep
 
@@ -89,9 +89,15 @@ def run(args: argparse.Namespace) -> int:
             f"--metric {cfg.sweep.metric} is none of the trials' metrics ({', '.join(measured[:6])}, ...); "
             f"nothing is ranked, the results are in {result.output}/sweep.csv"
         )
-    if result.best:
-        print(f"best by {cfg.sweep.metric} ({cfg.sweep.mode}): {result.best['trial']}")
+    if result.best and len(result.ties) > 1:
+        print(f"tied by {cfg.sweep.metric} ({cfg.sweep.mode}) and every other metric: {', '.join(result.ties)}")
+    elif result.best:
+        broken = f" (tie on {cfg.sweep.metric} broken by {', '.join(result.breakers)})" if result.breakers else ""
+        print(f"best by {cfg.sweep.metric} ({cfg.sweep.mode}): {result.best['trial']}{broken}")
     if failed:
-        print(f"{len(failed)} trial(s) failed: {', '.join(failed)} (errors in sweep.csv)")
+        print(f"{len(failed)} trial(s) failed (errors in sweep.csv):")
+        for r in result.rows:
+            if r["error"]:
+                print(f"  {r['trial']}: {r['error']}")
     print(f"wrote {result.output}/sweep.csv, sweep.md, sweep.png and trials/<name>/ (erase + eval per trial)")
     return 0

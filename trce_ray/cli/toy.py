@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from .common import add_set_flag, quiet_threads
 
@@ -35,6 +36,18 @@ def add_parser(sub) -> None:
     d.add_argument("--seed", type=int, help="prompt and generation seed")
     add_set_flag(d, "override any demo field, e.g. --set stage1.eta=0.05 --set n_direct=16 (repeatable)")
     d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    d.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+    )
+    d.add_argument("--experiment", help="MLflow experiment (tracking.experiment, default trce-ray)")
+    d.add_argument(
+        "--no-tracking", dest="tracking_enabled", action="store_false", default=None, help="do not log to MLflow"
+    )
+    d.add_argument(
+        "--allow-job-local-paths",
+        action="store_true",
+        help="inside a Ray job, accept an output in the job's temporary folder (docs/cluster.md)",
+    )
     d.set_defaults(run=run)
 
     g = tsub.add_parser("gates", help="measure the shipped model against its quality gates")
@@ -74,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _demo(args) -> int:
-    from ..toy.demo import ToyDemoConfig, run_demo
+    from ..config.paths import absolute, check_job_paths, written_paths
+    from ..toy.demo import ToyDemoConfig, _TrackedDemo, run_demo
+    from ..tracking import track
 
     cfg = ToyDemoConfig.load(
         args.config,
@@ -85,10 +100,19 @@ def _demo(args) -> int:
                 "rows": args.rows,
                 "device": args.device,
                 "seed": args.seed,
+                "tracking.uri": args.tracking_uri,
+                "tracking.experiment": args.experiment,
+                "tracking.enabled": args.tracking_enabled,
             },
         ),
     )
-    results = run_demo(cfg, args.output, overwrite=args.overwrite, progress=not args.no_progress)
+    output = absolute(args.output)
+    tracked = _TrackedDemo(cfg, output)
+    check_job_paths({"--output": output, **written_paths(tracked, ())}, args.allow_job_local_paths)
+    with track(tracked, "toy-demo", run_name=f"toy demo {Path(output).name}") as tracker:
+        results = run_demo(cfg, output, overwrite=args.overwrite, progress=not args.no_progress, tracker=tracker)
+        for name in ("table.txt", "results.json"):
+            tracker.log_artifact(Path(output) / name)
     print(results["table"])
     print(f"wrote {args.output}/results.json, grids and one folder per erased row")
     return 0

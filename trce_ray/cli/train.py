@@ -51,7 +51,7 @@ def resolve_stage2_config(args: argparse.Namespace, overrides: dict):
         stage1_config = Path(args.stage1).expanduser() / "config.yaml"
         if stage1_config.is_file():
             args.config = str(stage1_config)
-    return resolve_config(args, {**source_overrides(args), **overrides})
+    return resolve_config(args, {**source_overrides(args), **overrides}, uses_cache=True)
 
 
 def add_parser(sub) -> None:

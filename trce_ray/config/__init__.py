@@ -31,6 +31,7 @@ class TRCEConfig(Section):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     seed: int = 0
     output: str | None = None  # output folder of the command
+    allow_job_local_paths: bool = False  # inside a Ray job, accept outputs in the job's temporary folder (paths.py)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
@@ -73,12 +74,15 @@ def parse_set(item: str) -> tuple[str, Any]:
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TRCEConfig:
-    """Read `path` (optional), apply dotted `overrides` (None values are skipped), validate everything."""
+    """Read `path` (optional), apply dotted `overrides` (None values are skipped), validate everything, and make
+    every path absolute from the working directory (config/paths.py: the one path rule)."""
+    from .paths import resolve_paths
+
     data = read_yaml(path) if path else {}
     for key, value in (overrides or {}).items():
         if value is not None:
             set_dotted(data, key, value)
-    return validate(TRCEConfig, data)
+    return resolve_paths(validate(TRCEConfig, data))
 
 
 __all__ = [

@@ -38,6 +38,10 @@ class Stage1Config(Section):
     eta: float = 0.01  # preservation weight of Eq. 4/5, in `convention`
     ridge: float = 0.0  # UCE-style lambda*W / lambda*I term for singular systems
     batch_size: int = 64  # prompts per text-encoder batch
+    # on a Ray cluster (RAY_ADDRESS set, or inside a job) stage 1 is a Ray task with these resources, so it runs on
+    # a node where the model fits (1 GPU for SD-class models), not on a CPU-only head; locally it runs in-process
+    num_gpus: float = 0.0
+    num_cpus: float = 1.0
     save_pipeline: bool = False  # also write a full save_pretrained folder of the edited pipeline
 
     @field_validator("tokens", mode="before")
@@ -75,7 +79,7 @@ class Stage1Config(Section):
             raise ValueError("eta must be > 0 and finite: it weights preservation and keeps the system solvable")
         return v
 
-    _ridge = field_validator("ridge")(non_negative)
+    _ridge = field_validator("ridge", "num_gpus", "num_cpus")(non_negative)
 
     @field_validator("ridge")
     @classmethod

@@ -125,9 +125,51 @@ def run_stage1(
     if cfg.stage1 is None:
         raise TRCEError("no stage1 settings: give --concept or --erase-prompts/--target-prompts")
     output = Path(output).expanduser().resolve()
+    if pipe is None and on_cluster():
+        return run_stage1_task(cfg, output, overwrite, progress)
     with hold(output):
         check_output(output, overwrite)
         return _run_stage1(cfg, output, overwrite, pipe, progress)
+
+
+def on_cluster() -> bool:
+    """True in a driver joined to a Ray cluster (RAY_ADDRESS set, as inside `ray job submit`), not in a Ray task."""
+    import os
+
+    if not os.environ.get("RAY_ADDRESS", "").strip():
+        return False
+    import ray
+
+    return not ray.is_initialized() or ray.get_runtime_context().worker.mode == ray.SCRIPT_MODE
+
+
+def _stage1_task(cfg: TRCEConfig, output: str, overwrite: bool, progress: bool) -> Stage1Result:
+    from ..quiet import quiet_libraries
+
+    quiet_libraries()
+    output = Path(output)
+    with hold(output):
+        check_output(output, overwrite)
+        return _run_stage1(cfg, output, overwrite, None, progress)
+
+
+def run_stage1_task(cfg: TRCEConfig, output: Path, overwrite: bool, progress: bool) -> Stage1Result:
+    """Run stage 1 as a Ray task with `stage1.num_gpus` / `num_cpus`, so it lands on a node where the model fits.
+
+    The task gets the one resolved config (absolute paths) and writes `output` itself; errors come back as the
+    task's own sentence.
+    """
+    from ..ray_runtime import ensure_ray
+
+    ray = ensure_ray()
+    s1 = cfg.stage1
+    task = ray.remote(num_gpus=s1.num_gpus, num_cpus=s1.num_cpus, max_retries=0)(_stage1_task)
+    try:
+        return ray.get(task.remote(cfg, str(output), overwrite, progress))
+    except ray.exceptions.RayTaskError as err:
+        if isinstance(err.cause, TRCEError):
+            raise err.cause from None
+        raise
 
 
 def _run_stage1(cfg: TRCEConfig, output: Path, overwrite: bool, pipe, progress: bool) -> Stage1Result:

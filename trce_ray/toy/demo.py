@@ -11,6 +11,7 @@ erased row named after the row (`DIR/TRCE(T)/stage1.safetensors`, ...), `DIR/gri
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 
 from ..artifacts import atomic_dir, write_json
 from ..config.base import Section
+from ..config.tracking import TrackingConfig
 from .bench import SET_NAMES, classify, generate, per_colour_accuracy, prompt_sets, score
 from .grid import save_grid
 from .settings import load_section
@@ -53,6 +55,7 @@ class ToyDemoConfig(Section):
     seed: int = 0  # prompt sampling and per-row generation seeds
     device: str = "auto"
     stage1: dict[str, Any] = Field(default_factory=lambda: dict(TOY_STAGE1))  # stage1.* overrides for TRCE(T)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # MLflow: one run, one child run per row
 
     @field_validator("target")
     @classmethod
@@ -78,8 +81,15 @@ class ToyDemoConfig(Section):
 
     @classmethod
     def load(cls, path: str | Path | None = None, overrides: dict | None = None):
-        """Read a YAML file (optional), apply dotted overrides, validate (errors name the field)."""
-        return load_section(cls, path, overrides)
+        """Read a YAML file (optional), apply dotted overrides, validate (errors name the field); the MLflow URI is
+        made absolute here (config/paths.py)."""
+        from ..config.paths import tracking_uri
+
+        cfg = load_section(cls, path, overrides)
+        if not cfg.tracking.enabled:
+            return cfg
+        tracking = cfg.tracking.model_copy(update={"uri": tracking_uri(cfg.tracking.uri)})
+        return cfg.model_copy(update={"tracking": tracking})
 
 
 def format_table(rows: dict[str, dict[str, float]], target: str) -> str:
@@ -109,8 +119,45 @@ def _grid_groups(sets, images: dict[str, torch.Tensor], columns: int = 8) -> lis
     return groups
 
 
-def run_demo(cfg: ToyDemoConfig, output: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
-    """Generate with the original model and each erased row, score them, write everything to `output`."""
+def _log_row(parent, cfg: ToyDemoConfig, name: str, results: dict, grid: Path) -> None:
+    """One child MLflow run of the demo's run: the row's metrics (rates as fractions), timing and grid image."""
+    if not parent.active:
+        return
+    from ..tracking import track
+
+    row_cfg = _TrackedDemo(cfg, None)
+    with track(row_cfg, "toy-demo-row", run_name=name, parent_run_id=parent.run_id, tags={"trce.row": name}) as run:
+        run.log_metrics({**results["rows"][name], "time_s": results["timings_s"][name]})
+        run.log_metrics({f"per_colour/{k}": v for k, v in results["per_colour"][name].items()})
+        run.log_artifact(grid, "grids")
+
+
+@dataclass(frozen=True)
+class _TrackedDemo:
+    """What trce_ray.tracking.track reads of a command's config: `tracking`, `output` and `model_dump`."""
+
+    cfg: ToyDemoConfig
+    output: str | None
+
+    @property
+    def tracking(self) -> TrackingConfig:
+        return self.cfg.tracking
+
+    def model_dump(self, mode: str = "json") -> dict:
+        return self.cfg.model_dump(mode=mode)
+
+
+def run_demo(
+    cfg: ToyDemoConfig, output: str | Path, overwrite: bool = False, progress: bool = True, tracker=None
+) -> dict:
+    """Generate with the original model and each erased row, score them, write everything to `output`.
+
+    Args:
+        tracker: the demo's open MLflow run (trce_ray.tracking); each row becomes a child run of it.
+    """
+    from ..tracking import NULL_TRACKER
+
+    tracker = tracker or NULL_TRACKER
     from ..models import load_pipeline
     from ..models.loading import resolve_device
     from .assets import load_toy_classifier, toy_pipeline_dir
@@ -144,8 +191,10 @@ def run_demo(cfg: ToyDemoConfig, output: str | Path, overwrite: bool = False, pr
                 results["per_colour"][name] = per_colour_accuracy(sets, preds)
                 if name == ORIGINAL:
                     reference = preds["preservation"]["features"]
-                save_grid(_grid_groups(sets, images), tmp / f"grid_{name}.png", title=f"{name}: erase {cfg.target}")
+                grid = tmp / f"grid_{name}.png"
+                save_grid(_grid_groups(sets, images), grid, title=f"{name}: erase {cfg.target}")
                 results["timings_s"][name] = time.perf_counter() - t0
+                _log_row(tracker, cfg, name, results, grid)
                 if pipe is not base:
                     del pipe
         table = format_table(results["rows"], cfg.target)

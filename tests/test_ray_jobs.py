@@ -1,0 +1,350 @@
+"""The cluster path for real (issue 11): `ray job submit --working-dir` to a local head with token auth, an MLflow
+server the jobs log to, outputs and caches on a shared folder, then a second node that Ray Data work reaches.
+
+One module fixture starts, with free ports on 127.0.0.1 and a private temp folder:
+- an `mlflow server` (sqlite store and artifacts under the shared folder), in its own process group;
+- `ray start --head --block` with token auth on (a generated token in a file, RAY_AUTH_TOKEN_PATH).
+Everything is stopped by process group and PID at the end (never `ray stop`): the groups of the processes this test
+started, then any process left whose command line names this test's private Ray temp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .test_manifests import _stop
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+JOB_TIMEOUT = 600
+
+DATA_JOB = """
+import json, sys, time
+from trce_ray.ray_runtime import ensure_ray
+ray = ensure_ray()
+deadline = time.time() + 120
+while len([n for n in ray.nodes() if n["Alive"]]) < 2 and time.time() < deadline:
+    time.sleep(1)
+def where(batch):
+    time.sleep(0.3)
+    return {"id": batch["id"], "node": [ray.get_runtime_context().get_node_id()] * len(batch["id"])}
+rows = ray.data.range(16, override_num_blocks=16).map_batches(where, batch_size=None, num_cpus=1).take_all()
+alive = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+json.dump({"alive": alive, "used": sorted({r["node"] for r in rows}), "ids": sorted(r["id"] for r in rows)},
+          open(sys.argv[1], "w"))
+"""
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _node_ports(ports: list[int]) -> list[str]:
+    names = [
+        "node-manager-port",
+        "object-manager-port",
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+    ]
+    return [f"--{name}={port}" for name, port in zip(names, ports)]
+
+
+def _naming(text: str) -> list[int]:
+    """PIDs of live processes whose command line contains `text` (this test's private temp folder)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    out.append(int(entry.name))
+            except OSError:
+                continue
+    return out
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group this test started (setsid), SIGKILL what is left after 20 s."""
+    _stop(proc.pid)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+def _wait(check, what: str, timeout: float, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    tail = log.read_text()[-3000:] if log and log.is_file() else ""
+    raise AssertionError(f"{what} not ready after {timeout:.0f} s\n{tail}")
+
+
+def _http_ok(port: int, path: str) -> bool:
+    import http.client
+
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+
+
+class Cluster:
+    def __init__(self, root: Path):
+        self.shared = root / "shared"
+        self.shared.mkdir()
+        # Ray's Unix socket paths must fit in 107 bytes: a short private folder under /tmp
+        self.temp = Path(tempfile.mkdtemp(prefix="trj-", dir="/tmp"))
+        self.token = self.temp / "auth_token"
+        self.token.write_text(secrets.token_hex(32))
+        self.procs: list[subprocess.Popen] = []
+        self.gcs, self.dash, self.client_port, self.mlflow_port, *self.ports = _free_ports(16)
+        self.address = f"http://127.0.0.1:{self.dash}"
+        self.mlflow_uri = f"http://127.0.0.1:{self.mlflow_port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_", "MLFLOW_"))}
+        self.env = {
+            **env,
+            "PATH": f"{BIN}:{env.get('PATH', '')}",  # job entry points run the first python on the head's PATH
+            "RAY_AUTH_MODE": "token",
+            "RAY_AUTH_TOKEN_PATH": str(self.token),
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "TRCE_CACHE_HOME": str(self.shared / "trce-home"),
+            "OMP_NUM_THREADS": "1",
+            "DS_ACCELERATOR": "cpu",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            # the head's node IP stays 127.0.0.1 (Ray otherwise swaps it for the host's address): loopback only
+            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        }
+
+    def spawn(self, argv: list[str], log: str, env: dict | None = None) -> subprocess.Popen:
+        with open(self.temp / log, "w") as out:
+            proc = subprocess.Popen(
+                argv,
+                env={**self.env, **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.temp,
+            )
+        self.procs.append(proc)
+        return proc
+
+    def start(self) -> None:
+        store = self.shared / "mlflow"
+        store.mkdir()
+        self.spawn(
+            [
+                str(BIN / "mlflow"),
+                "server",
+                f"--backend-store-uri=sqlite:///{store}/mlflow.db",
+                "--serve-artifacts",
+                f"--artifacts-destination={store}/artifacts",
+                "--host=127.0.0.1",
+                f"--port={self.mlflow_port}",
+                "--workers=1",
+            ],
+            "mlflow.log",
+        )
+        self.spawn(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--port={self.gcs}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={self.dash}",
+                f"--ray-client-server-port={self.client_port}",
+                *_node_ports(self.ports[:6]),
+                "--num-cpus=4",
+                "--object-store-memory=200000000",
+                f"--temp-dir={self.temp}",
+                "--disable-usage-stats",
+            ],
+            "head.log",
+        )
+        _wait(lambda: _http_ok(self.mlflow_port, "/health"), "mlflow server", 120, self.temp / "mlflow.log")
+        _wait(lambda: self.ray(["job", "list"], check=False).returncode == 0, "ray head", 180, self.temp / "head.log")
+
+    def join_second_node(self) -> None:
+        """A worker node on the same machine. `ray start --address` refuses to run with clusters off, so this node
+        takes the host's address as its IP (it reaches the head's loopback-bound GCS from the same machine)."""
+        self.spawn(
+            [
+                str(BIN / "ray"),
+                "start",
+                "--block",
+                f"--address=127.0.0.1:{self.gcs}",
+                "--node-ip-address=127.0.0.1",
+                *_node_ports(self.ports[6:12]),
+                "--num-cpus=2",
+                "--object-store-memory=100000000",
+                "--disable-usage-stats",
+            ],
+            "node2.log",
+            {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},
+        )
+
+    def ray(self, args: list[str], check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [str(BIN / "ray"), *args],
+            env={**self.env, "RAY_ADDRESS": self.address},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=self.temp,
+        )
+        if check:
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        return proc
+
+    def submit(self, name: str, entrypoint: list[str], working_dir: bool = True) -> str:
+        runtime = {"env_vars": {"MLFLOW_TRACKING_URI": self.mlflow_uri, "OMP_NUM_THREADS": "1"}}
+        args = ["job", "submit", "--no-wait", "--submission-id", name]
+        if working_dir:
+            runtime["excludes"] = yaml.safe_load((ROOT / "cluster" / "runtime-env.yaml").read_text())["excludes"]
+            args += ["--working-dir", str(ROOT)]
+        self.ray([*args, "--runtime-env-json", json.dumps(runtime), "--", *entrypoint])
+        return name
+
+    def status(self, name: str) -> str:
+        out = self.ray(["job", "status", name], check=False)
+        for word in ("SUCCEEDED", "FAILED", "STOPPED", "RUNNING", "PENDING"):
+            if word in out.stdout.split("\n")[-2:][0] or word in out.stdout:
+                return word
+        return "UNKNOWN"
+
+    def wait_all(self, names: list[str]) -> dict[str, str]:
+        done: dict[str, str] = {}
+        deadline = time.monotonic() + JOB_TIMEOUT
+        while len(done) < len(names) and time.monotonic() < deadline:
+            for name in names:
+                if name not in done:
+                    state = self.status(name)
+                    if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+                        done[name] = state
+            time.sleep(3)
+        return {n: done.get(n, "TIMEOUT") for n in names}
+
+    def logs(self, name: str) -> str:
+        return self.ray(["job", "logs", name]).stdout
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            _stop_group(proc)
+        for pid in _naming(str(self.temp)):  # a Ray process that left the group, by PID
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = Cluster(tmp_path_factory.mktemp("ray-jobs"))
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+def test_jobs_keep_their_results_on_shared_storage_and_log_to_the_mlflow_server(cluster):
+    s = cluster.shared
+    toy = ["--model", "toy", "--concept", "toy-red", "--preserve-prompts", "trce_ray/toy/prompts/preserve-red.txt"]
+    toy += ["--templates", "2", "--synonyms", "2", "--set", "stage1.convention=normalised", "--set", "stage1.eta=1"]
+    small_eval = ["--set", "eval.steps=4", "--set", "eval.limit=4"]
+    small_eval += ["--set", "eval.cpus_per_actor=0.5", "--set", "eval.scorer_cpus=0.5"]
+    stage2 = ["--stages", "text,visual", "--set", f"cache.root={s}/trce-cache", "--set", "cache.steps=4"]
+    stage2 += ["--set", "cache.malicious_samples=4", "--set", "cache.shard_size=2", "--set", "cache.batch_size=4"]
+    stage2 += ["--set", "train.batch_size=2", "--set", "train.epochs=1", "--set", "train.num_workers=0"]
+    jobs = {
+        "erase-t": ["python", "jobs/erase.py", *toy, "--output", f"{s}/runs/red"],
+        "erase-tv": ["python", "jobs/erase.py", *toy, *stage2, "--output", f"{s}/runs/red-tv"],
+        "eval": ["python", "jobs/run.py", "eval", "--model", "toy", "--suite", "toy", *small_eval, "--output",
+                 f"{s}/evals/toy"],
+        "sweep": ["python", "jobs/run.py", "sweep", "--config", "jobs/configs/toy-sweep.yaml", "--grid",
+                  "stage1.eta=0.01,0.02", *small_eval, "--output", f"{s}/sweeps/eta"],
+        "job-local": ["python", "jobs/erase.py", *toy, "--output", "runs/x"],  # relative: the job's temp folder
+    }  # fmt: skip
+    for name, entry in jobs.items():
+        cluster.submit(name, entry)
+    states = cluster.wait_all(list(jobs))
+    logs = {name: cluster.logs(name) for name in jobs}
+    for name, state in states.items():
+        expected = "FAILED" if name == "job-local" else "SUCCEEDED"
+        assert state == expected, f"{name}: {state}\n{logs[name][-3000:]}"
+
+    # the relative output was refused with one sentence naming the job's temporary folder
+    refusal = [line for line in logs["job-local"].splitlines() if "error:" in line]
+    assert len(refusal) == 1 and "inside this Ray job's temporary folder" in refusal[0], logs["job-local"][-2000:]
+    assert "runtime_resources/working_dir_files" in refusal[0]
+    # stage 1 ran as a Ray task (its progress bar carries the task's name), outputs are on the shared folder
+    assert "_stage1_task" in logs["erase-t"] and f"wrote {s}/runs/red" in logs["erase-t"]
+    assert (s / "runs" / "red" / "stage1.safetensors").is_file()
+    assert {"stage1.safetensors", "stage2.safetensors"} <= {p.name for p in (s / "runs" / "red-tv").iterdir()}
+    assert list((s / "trce-cache").rglob("*.parquet")), "the trajectory cache is on the shared folder"
+    assert json.loads((s / "evals" / "toy" / "metrics.json").read_text())["toy/direct"] >= 0.5
+    with open(s / "sweeps" / "eta" / "sweep.csv") as f:
+        rows = list(__import__("csv").DictReader(f))
+    assert [r["stage1.eta"] for r in rows] == ["0.01", "0.02"] and [r["error"] for r in rows] == ["", ""]
+    # nothing a job wrote stayed in Ray's temporary job folders
+    session_files = {p.name for p in cluster.temp.rglob("*") if "working_dir_files" in str(p)}
+    assert not session_files & {"mlflow.db", "trce-cache", "mlartifacts", "stage1.safetensors"}
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=cluster.mlflow_uri)
+    exp = client.get_experiment_by_name("trce-ray")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    by_command: dict[str, list] = {}
+    for run in runs:
+        by_command.setdefault(run.data.tags["trce.command"], []).append(run)
+    assert {k: len(v) for k, v in by_command.items()} == {"erase": 2, "eval": 1, "sweep": 1, "sweep-trial": 2}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert by_command["eval"][0].data.metrics["toy/direct"] >= 0.5
+    erase_t = next(r for r in by_command["erase"] if r.data.params["output"] == f"{s}/runs/red")
+    artifacts = {a.path for a in client.list_artifacts(erase_t.info.run_id, "erased_model")}
+    assert "erased_model/stage1.safetensors" in artifacts  # stored by the server under the shared folder
+    assert list((s / "mlflow" / "artifacts").rglob("stage1.safetensors"))
+
+
+def test_a_second_node_joins_and_ray_data_work_runs_on_both(cluster):
+    cluster.join_second_node()
+    out = cluster.shared / "data-nodes.json"
+    name = cluster.submit("data", ["python", "-c", DATA_JOB, str(out)], working_dir=False)
+    state = cluster.wait_all([name])[name]
+    assert state == "SUCCEEDED", cluster.logs(name)[-3000:]
+    result = json.loads(out.read_text())
+    assert result["ids"] == list(range(16))
+    assert len(result["alive"]) == 2 and result["used"] == result["alive"]
