@@ -74,3 +74,27 @@ def test_unknown_row_and_target_are_one_sentence_errors(tmp_path, capsys):
     assert main(["toy", "demo", "--output", str(tmp_path / "x"), "--target", "gray"]) == 2
     assert "target must be one of" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_the_demo_logs_one_run_with_a_child_run_per_row_holding_its_metrics_and_grid(demo_dir):
+    import os
+
+    from mlflow import MlflowClient
+
+    results = json.loads((demo_dir / "results.json").read_text())
+    client = MlflowClient(tracking_uri=os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("trce-ray")
+    parent = next(
+        r
+        for r in client.search_runs([exp.experiment_id], "tags.`trce.command` = 'toy-demo'")
+        if r.info.run_name == f"toy demo {demo_dir.name}" and r.data.params["target"] == "red"
+    )
+    assert parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"table.txt", "results.json"}
+    children = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(c.info.run_name for c in children) == sorted(results["rows"])
+    for child in children:
+        row = results["rows"][child.info.run_name]
+        assert {k: child.data.metrics[k] for k in row} == pytest.approx(row, abs=0)
+        grids = [a.path for a in client.list_artifacts(child.info.run_id, "grids")]
+        assert grids == [f"grids/grid_{child.info.run_name}.png"]

@@ -211,11 +211,12 @@ def rank(rows: list[dict], metric: str | None, mode: str) -> tuple[dict | None, 
     ordered = sorted(scored, key=key)
     best = key(ordered[0])
     ties = [r["trial"] for r in ordered if key(r) == best]
-    on_metric = [r for r in ordered if key(r)[0] == best[0]]
-    used = []
-    if len(on_metric) > 1:  # the breakers that differ among the rows tied on the metric
-        used = [n for i, (n, _) in enumerate(breakers, 1) if len({key(r)[i] for r in on_metric}) > 1]
-    return ordered[0], ties, used
+    used = set()  # for each row tied with the best on the metric only: the first breaker that told them apart
+    for r in ordered:
+        k = key(r)
+        if k[0] == best[0] and k != best:
+            used.add(next(i for i in range(1, len(k)) if k[i] != best[i]))
+    return ordered[0], ties, [breakers[i - 1][0] for i in sorted(used)]
 
 
 def _best(rows: list[dict], metric: str | None, mode: str) -> dict | None:
