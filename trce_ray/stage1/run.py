@@ -147,10 +147,7 @@ def _stage1_task(cfg: TRCEConfig, output: str, overwrite: bool, progress: bool) 
     from ..quiet import quiet_libraries
 
     quiet_libraries()
-    output = Path(output)
-    with hold(output):
-        check_output(output, overwrite)
-        return _run_stage1(cfg, output, overwrite, None, progress)
+    return run_stage1(cfg, output, overwrite=overwrite, progress=progress)  # in a Ray task: runs in place
 
 
 def run_stage1_task(cfg: TRCEConfig, output: Path, overwrite: bool, progress: bool) -> Stage1Result:
