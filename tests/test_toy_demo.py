@@ -86,7 +86,9 @@ def test_the_demo_logs_one_run_with_a_child_run_per_row_holding_its_metrics_and_
     exp = client.get_experiment_by_name("trce-ray")
     parent = next(
         r
-        for r in client.search_runs([exp.experiment_id], "tags.`trce.command` = 'toy-demo'")
+        for r in client.search_runs(  # the fixture's run is the first (a later test's refused rerun has its name)
+            [exp.experiment_id], "tags.`trce.command` = 'toy-demo'", order_by=["attributes.start_time ASC"]
+        )
         if r.info.run_name == f"toy demo {demo_dir.name}" and r.data.params["target"] == "red"
     )
     assert parent.info.status == "FINISHED"
