@@ -1,7 +1,8 @@
 """The cluster path for real (issue 11): `ray job submit --working-dir` to a local head with token auth, an MLflow
 server the jobs log to, outputs and caches on a shared folder, then a second node that Ray Data work reaches.
 
-One module fixture starts, with free ports on 127.0.0.1 and a private temp folder:
+One module fixture starts, with free ports, the dashboard and MLflow on 127.0.0.1 (Ray's nodes take the host's address,
+which `ray start` needs for a second node) and a private temp folder:
 - an `mlflow server` (sqlite store and artifacts under the shared folder), in its own process group;
 - `ray start --head --block` with token auth on (a generated token in a file, RAY_AUTH_TOKEN_PATH).
 Everything is stopped by process group and PID at the end (never `ray stop`): the groups of the processes this test
@@ -147,8 +148,6 @@ class Cluster:
             "OMP_NUM_THREADS": "1",
             "DS_ACCELERATOR": "cpu",
             "RAY_USAGE_STATS_ENABLED": "0",
-            # the head's node IP stays 127.0.0.1 (Ray otherwise swaps it for the host's address): loopback only
-            "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         }
 
     def spawn(self, argv: list[str], log: str, env: dict | None = None) -> subprocess.Popen:
@@ -229,8 +228,9 @@ class Cluster:
         return _http(self.dash, path, self.token.read_text())
 
     def join_second_node(self) -> None:
-        """A worker node on the same machine. `ray start --address` refuses to run with clusters off, so this node
-        takes the host's address as its IP (it reaches the head's loopback-bound GCS from the same machine)."""
+        """A worker node on the same machine. `ray start` joins a second node only with clusters on, where Ray swaps
+        a node IP of 127.0.0.1 for the host's address: both nodes use it (the dashboard and MLflow stay on
+        127.0.0.1); a loopback-only head would be unreachable for the second node."""
         self.spawn(
             [
                 str(BIN / "ray"),
@@ -244,7 +244,6 @@ class Cluster:
                 "--disable-usage-stats",
             ],
             "node2.log",
-            {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"},
         )
 
     def ray(
@@ -292,10 +291,10 @@ class Cluster:
                 out = proc.stdout + proc.stderr
             assert proc.returncode == 0, f"submit {name}: {out[-2000:]}"
 
-    def wait_all(self, names: list[str]) -> dict[str, str]:
+    def wait_all(self, names: list[str], timeout: float = JOB_TIMEOUT) -> dict[str, str]:
         """Each job's final status, polled over the job REST API (one cheap request, not a CLI process)."""
         done: dict[str, str] = {}
-        deadline = time.monotonic() + JOB_TIMEOUT
+        deadline = time.monotonic() + timeout
         while len(done) < len(names) and time.monotonic() < deadline:
             for name in set(names) - set(done):
                 status = (self.api(f"/api/jobs/{name}")[1] or {}).get("status")
@@ -402,7 +401,7 @@ def test_a_second_node_joins_and_ray_data_work_runs_on_both(cluster):
     cluster.join_second_node()
     out = cluster.shared / "data-nodes.json"
     cluster.submit({"data": ["python", "-c", DATA_JOB, str(out)]}, working_dir=False)
-    state = cluster.wait_all(["data"])["data"]
+    state = cluster.wait_all(["data"], timeout=300)["data"]
     assert state == "SUCCEEDED", cluster.logs("data")[-3000:]
     result = json.loads(out.read_text())
     assert result["ids"] == list(range(16))
