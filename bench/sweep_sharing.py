@@ -57,7 +57,7 @@ def run(points: int, out: Path) -> dict:
         "--set",
         "train.max_steps=2",
         "--set",
-        "train.num_workers=0",
+        "train.num_workers=1",  # a Ray Train worker (local mode, 0, cannot run inside a Tune trial)
         "--set",
         "eval.steps=4",
         "--set",

@@ -208,6 +208,8 @@ def test_concurrent_trials_fit_the_cluster_at_their_peak():
 
 
 def test_optuna_searchers_survive_tunes_pickle():
+    import pickle as std_pickle
+
     import ray.cloudpickle as pickle
 
     from trce_ray.sweep_search import check_space, optuna_search
@@ -216,5 +218,6 @@ def test_optuna_searchers_survive_tunes_pickle():
         cfg = _cfg(search="optuna", objectives=goals, num_samples=6)
         search, domains = optuna_search(cfg, check_space(cfg))
         copy = pickle.loads(pickle.dumps(search))  # Tune writes its searcher into the experiment state
+        assert type(std_pickle.loads(std_pickle.dumps(search._sampler))) is type(search._sampler)  # Searcher.save
         name = type(copy._sampler).__name__
         assert name == ("TPESampler" if len(goals) == 1 else "NSGAIISampler") and set(domains) == {"stage1.eta"}

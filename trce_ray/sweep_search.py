@@ -149,7 +149,9 @@ def optuna_search(cfg: TRCEConfig, space: dict[str, dict]):
     if len(goals) == 1:  # random start-up points, then TPE (optuna's default 10, fewer for small sweeps)
         sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(10, max(2, n // 2)))
     else:  # generations of population_size (optuna's default 50, fewer so a small sweep sees two generations)
-        sampler = _picklable_nsga2(optuna)(seed=cfg.seed, population_size=max(2, min(50, n // 2)))
+        from .sweep_nsga2 import NSGAIISampler  # optuna's, picklable
+
+        sampler = NSGAIISampler(seed=cfg.seed, population_size=max(2, min(50, n // 2)))
     keys = [objective_key(i) for i in range(len(goals))]
     modes = [mode for _, mode in goals]
     return OptunaSearch(
@@ -159,21 +161,6 @@ def optuna_search(cfg: TRCEConfig, space: dict[str, dict]):
         sampler=sampler,
         seed=None,
     ), tune_space(space)
-
-
-def _picklable_nsga2(optuna):
-    """NSGAIISampler without its thread lock in the pickle (Tune pickles its searcher; optuna 5.1's holds a lock)."""
-    import threading
-
-    class NSGAIISampler(optuna.samplers.NSGAIISampler):
-        def __getstate__(self):
-            return {k: v for k, v in self.__dict__.items() if k != "_thread_lock"}
-
-        def __setstate__(self, state):
-            self.__dict__.update(state)
-            self._thread_lock = threading.Lock()
-
-    return NSGAIISampler
 
 
 def objective_values(cfg: TRCEConfig, metrics: dict) -> dict:
