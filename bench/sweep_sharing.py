@@ -26,7 +26,9 @@ from trce_ray.toy.packs import preserve_file
 def run(points: int, out: Path) -> dict:
     betas = [5, 10, 15, 20][:points]
     lams = [10, 100, 1000, 300][:points]
+    cache = out.parent / (out.name + "-cache")
     shutil.rmtree(out, ignore_errors=True)
+    shutil.rmtree(cache, ignore_errors=True)  # the sweep must build its cache, not find one from an earlier run
     out.parent.mkdir(parents=True, exist_ok=True)
     args = [
         "sweep",
@@ -47,7 +49,7 @@ def run(points: int, out: Path) -> dict:
         "--set",
         "stage1.convention=normalised",
         "--set",
-        f"cache.root={out.parent / (out.name + '-cache')}",
+        f"cache.root={cache}",
         "--set",
         "cache.steps=10",
         "--set",

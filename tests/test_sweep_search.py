@@ -129,7 +129,7 @@ def test_random_sweep_marks_the_pareto_front(ray_cluster, tmp_path, capsys):
         "--search",
         "random",
         "--num-samples",
-        "3",
+        "2",
         "--space",
         "stage1.eta=loguniform:0.02,5",
         "--objective",

@@ -199,22 +199,15 @@ def _trial_name_of(result) -> str:
     return result.config["trial"]["name"] if "trial" in result.config else Path(result.path).name
 
 
-class TrialNamer:
+def _trial_name(trial) -> str:
     """Tune's trial (and folder) name: the planned trial's name, or for a search algorithm's trials the order in
-    which it asked for them plus the sampled values (`t02-eta=0.2055`)."""
+    which it asked for them (Tune's experiment tag starts with that count, from 1) plus the sampled values."""
+    if "trial" in trial.config:
+        return trial.config["trial"]["name"]
+    from .sweep_search import decode
 
-    def __init__(self):
-        self.names: dict[str, str] = {}
-
-    def __call__(self, trial) -> str:
-        if "trial" in trial.config:
-            return trial.config["trial"]["name"]
-        if trial.trial_id not in self.names:
-            from .sweep_search import decode
-
-            params = decode(trial.config["space"], trial.config["params"])
-            self.names[trial.trial_id] = f"t{len(self.names):02d}-{_slug(params)}"
-        return self.names[trial.trial_id]
+    index = int(str(trial.experiment_tag).split("_", 1)[0]) - 1
+    return f"t{index:02d}-{_slug(decode(trial.config['space'], trial.config['params']))}"
 
 
 def _result_trial(result, cfg: TRCEConfig) -> Trial:
@@ -390,15 +383,14 @@ def _fit(cfg: TRCEConfig, trials: list[Trial], out: Path, parent, progress: bool
             f"sweep: {concurrent} trial(s) at once, not {cfg.sweep.max_concurrent}: more would not fit the cluster at "
             "their peak and could each hold part of what they need (trce_ray/sweep_resources.py)"
         )
-    namer = TrialNamer()
     tuner = tune.Tuner(
         tune.with_resources(tune_trainable, {"cpu": cfg.sweep.trial_cpus, "gpu": cfg.sweep.trial_gpus}),
         param_space=param_space,
         tune_config=tune.TuneConfig(
             **search,
             max_concurrent_trials=concurrent,
-            trial_name_creator=namer,
-            trial_dirname_creator=namer,
+            trial_name_creator=_trial_name,
+            trial_dirname_creator=_trial_name,
         ),
         run_config=tune.RunConfig(
             name="tune",
