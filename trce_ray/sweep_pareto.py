@@ -91,8 +91,11 @@ def write_pareto_plot(rows: list[dict], goals: list[tuple[str, str]], params: li
     front = sorted((r for r, f in pts if f), key=lambda r: r[xm])
     ax.scatter([r[xm] for r in others], [r[ym] for r in others], c="0.6", label="trial")
     ax.plot([r[xm] for r in front], [r[ym] for r in front], "o-", c="C3", label="Pareto front")
+    labels: dict[tuple, list[str]] = {}  # equal points share one label
     for r, _ in pts:
-        ax.annotate(_label(r, params), (r[xm], r[ym]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        labels.setdefault((r[xm], r[ym]), []).append(_label(r, params))
+    for (x, y), texts in labels.items():
+        ax.annotate("\n".join(texts), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax.set_xlabel(f"{xm} ({'lower' if xmode == 'min' else 'higher'} is better)")
     ax.set_ylabel(f"{ym} ({'lower' if ymode == 'min' else 'higher'} is better)")
     if len(goals) > 2:
