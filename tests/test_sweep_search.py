@@ -221,3 +221,16 @@ def test_optuna_searchers_survive_tunes_pickle():
         assert type(std_pickle.loads(std_pickle.dumps(search._sampler))) is type(search._sampler)  # Searcher.save
         name = type(copy._sampler).__name__
         assert name == ("TPESampler" if len(goals) == 1 else "NSGAIISampler") and set(domains) == {"stage1.eta"}
+
+
+def test_search_trials_are_named_in_the_order_tune_asked_for_them():
+    from types import SimpleNamespace
+
+    from trce_ray.sweep import _trial_name
+
+    space = {"stage1.eta": {"loguniform": [0.01, 10]}, "stage1.tokens": {"choice": [["eot"], ["eot", "key"]]}}
+    trial = SimpleNamespace(
+        experiment_tag="3_params/stage1.eta=0.2055",  # Tune's SearchGenerator counts its trials from 1
+        config={"space": space, "params": {"stage1.eta": 0.20554321, "stage1.tokens": 1}},
+    )
+    assert _trial_name(trial) == "t02-eta=0.2055,tokens=-eot-,-key-"
