@@ -234,3 +234,17 @@ def test_search_trials_are_named_in_the_order_tune_asked_for_them():
         config={"space": space, "params": {"stage1.eta": 0.20554321, "stage1.tokens": 1}},
     )
     assert _trial_name(trial) == "t02-eta=0.2055,tokens=-eot-,-key-"
+
+
+def test_parse_space_item():
+    from trce_ray.cli.sweep import parse_space_item
+
+    key, spec = parse_space_item("stage1.eta=loguniform:1e-3,10")  # YAML 1.1 reads 1e-3 as text; the config won't
+    cfg = load_config(None, {"model.path": "toy", "sweep.space": {key: spec}})
+    assert cfg.sweep.space == {key: {"loguniform": [0.001, 10]}}
+    assert parse_space_item("stage1.tokens=choice:[eot];[eot,key]") == (
+        "stage1.tokens",
+        {"choice": [["eot"], ["eot", "key"]]},
+    )
+    with pytest.raises(ConfigError, match="loguniform\\|uniform\\|choice:V1,V2"):
+        parse_space_item("stage1.eta=normal:0,1")

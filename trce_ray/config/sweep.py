@@ -9,6 +9,15 @@ from pydantic import Field, field_validator
 from .base import Section, at_least_one, non_negative
 
 
+def _number(x):
+    if isinstance(x, str):
+        try:
+            return float(x)
+        except ValueError:
+            return x
+    return x
+
+
 def _swept_key(key: str) -> None:
     if key.split(".")[0] in ("sweep", "output"):
         raise ValueError(f"sweep entry {key!r}: the sweep's own settings cannot be swept")
@@ -41,15 +50,18 @@ class SweepConfig(Section):
     @field_validator("space")
     @classmethod
     def _space(cls, v):
+        out = {}
         for key, spec in v.items():
             _swept_key(key)
             if len(spec) != 1 or next(iter(spec)) not in ("loguniform", "uniform", "choice"):
                 raise ValueError(f"space entry {key!r} needs exactly one of loguniform, uniform, choice (got {spec})")
             ((kind, values),) = spec.items()
+            out[key] = {kind: values}
             if kind == "choice":
                 if not values:
                     raise ValueError(f"space entry {key!r}: choice needs a non-empty list")
                 continue
+            values = out[key][kind] = [_number(x) for x in values]  # YAML 1.1 reads 1e-3 as a string
             if len(values) != 2 or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in values):
                 raise ValueError(f"space entry {key!r}: {kind} needs two numbers [low, high] (got {values})")
             low, high = values
@@ -57,7 +69,7 @@ class SweepConfig(Section):
                 raise ValueError(f"space entry {key!r}: {kind} needs low < high (got {values})")
             if kind == "loguniform" and low <= 0:
                 raise ValueError(f"space entry {key!r}: loguniform needs low > 0 (got {values})")
-        return v
+        return out
 
     @field_validator("objectives")
     @classmethod
