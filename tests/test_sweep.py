@@ -50,7 +50,8 @@ def test_parse_grid_item():
         parse_grid_item("stage1.eta")
 
 
-def _sweep(out, tracking, *extra):
+def toy_sweep(out, tracking, *extra):
+    """`trce-ray sweep` on the toy world: red erased by stage 1, 8 prompts per eval set, MLflow at `tracking`."""
     return main(
         [
             "sweep",
@@ -60,16 +61,12 @@ def _sweep(out, tracking, *extra):
             "toy-red",
             "--preserve-prompts",
             str(preserve_file("red")),
-            "--grid",
-            "stage1.eta=0.05,2",
             "--suite",
             "toy",
-            "--metric",
-            "toy/direct",
             "--tracking-uri",
             tracking,
             "--set",
-            "stage1.convention=normalised",  # the eta range below is the normalised one (docs/stage1.md)
+            "stage1.convention=normalised",  # the eta ranges swept are normalised ones (docs/stage1.md)
             "--set",
             "eval.steps=10",
             "--set",
@@ -83,6 +80,10 @@ def _sweep(out, tracking, *extra):
             *extra,
         ]
     )
+
+
+def _sweep(out, tracking, *extra):
+    return toy_sweep(out, tracking, "--grid", "stage1.eta=0.05,2", "--metric", "toy/direct", *extra)
 
 
 def test_sweep_runs_each_point_summarises_logs_and_resumes(ray_cluster, tmp_path, capsys):

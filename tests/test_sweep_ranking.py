@@ -7,7 +7,9 @@ import pytest
 
 from trce_ray.config import load_config
 from trce_ray.errors import ConfigError, TRCEError
-from trce_ray.sweep import Trial, _log_to_mlflow, error_sentence, rank
+from trce_ray.sweep import Trial, error_sentence, rank, summarise_sweep
+from trce_ray.sweep_tracking import trial_run
+from trce_ray.tracking import track
 
 
 def _row(name, direct, preservation, neighbours=0.5, error=""):
@@ -58,7 +60,11 @@ def test_every_trial_failed_marks_the_sweep_run_failed_with_each_trial_error(tmp
     rows = [{"trial": t.name, "stage1.eta": t.params["stage1.eta"], "error": f"boom {t.name}"} for t in trials]
     (tmp_path / "sw").mkdir()
     with pytest.raises(TRCEError, match="every trial of the sweep failed; first error: boom t01"):
-        _log_to_mlflow(cfg, trials, rows, tmp_path / "sw")
+        with track(cfg, "sweep", run_name="sweep sw") as parent:
+            for t in trials:  # what tune_trainable does when a trial raises
+                with pytest.raises(TRCEError), trial_run(t.cfg, t.name, "sw", parent.run_id):
+                    raise TRCEError(f"boom {t.name}")
+            summarise_sweep(cfg, trials, rows, tmp_path / "sw", parent)
     client = MlflowClient(tracking_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name("trce-ray").experiment_id])
     by_name = {r.info.run_name: r for r in runs}
@@ -67,4 +73,5 @@ def test_every_trial_failed_marks_the_sweep_run_failed_with_each_trial_error(tmp
         "t01": ("sweep-trial", "FAILED"),
         "t02": ("sweep-trial", "FAILED"),
     }
-    assert by_name["t02"].data.tags["trce.error"] == "TrialFailed: boom t02"
+    assert "boom t02" in by_name["t02"].data.tags["trce.error"]
+    assert (tmp_path / "sw" / "sweep.csv").is_file()

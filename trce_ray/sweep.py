@@ -38,7 +38,10 @@ class Trial:
 
 
 def _slug(params: dict) -> str:
-    parts = [f"{key.rsplit('.', 1)[-1]}={value}" for key, value in params.items()]
+    def text(value):
+        return f"{value:.4g}" if isinstance(value, float) and len(repr(value)) > 8 else value  # drawn floats
+
+    parts = [f"{key.rsplit('.', 1)[-1]}={text(value)}" for key, value in params.items()]
     return re.sub(r"[^A-Za-z0-9=.,_+-]+", "-", ",".join(parts))[:80]
 
 
@@ -60,6 +63,28 @@ def grid_trials(cfg: TRCEConfig) -> list[Trial]:
             raise ConfigError(f"sweep grid point {params}: {err}") from None
         trials.append(Trial(f"t{i:02d}-{_slug(params)}", params, point))
     return trials
+
+
+def random_trials(cfg: TRCEConfig) -> list[Trial]:
+    """`sweep.num_samples` seeded draws from `sweep.space` (see trce_ray.sweep_search), each validated."""
+    from .sweep_search import point_config, random_points
+
+    base = cfg.model_dump(mode="json")
+    return [Trial(f"t{i:02d}-{_slug(p)}", p, point_config(base, p)) for i, p in enumerate(random_points(cfg))]
+
+
+def plan_trials(cfg: TRCEConfig) -> list[Trial]:
+    """The trials known before anything runs: every grid point, or the random draws; [] for optuna (asked live)."""
+    if cfg.sweep.search == "grid":
+        if cfg.sweep.space:
+            raise ConfigError("sweep.space needs sweep.search random or optuna (grid runs sweep.grid's lists)")
+        return grid_trials(cfg)
+    if cfg.sweep.search == "random":
+        return random_trials(cfg)
+    from .sweep_search import check_space, optuna_search
+
+    optuna_search(cfg, check_space(cfg))  # the space, the objectives and the optuna package, checked up front
+    return []
 
 
 def check_eval_sets(cfg: TRCEConfig) -> None:
@@ -112,10 +137,12 @@ def eval_config(cfg: TRCEConfig, erase_dir: Path, image_dir: Path) -> TRCEConfig
     return validate(TRCEConfig, data)
 
 
-def run_trial_folder(trial: Trial, root: Path, stages: tuple[str, ...]) -> dict:
-    """Erase and evaluate one grid point into `root/<trial.name>`; reuse it when it is already complete."""
+def run_trial_folder(trial: Trial, root: Path, stages: tuple[str, ...], tracker=None) -> dict:
+    """Erase and evaluate one grid point into `root/<trial.name>`; reuse it when it is already complete.
+    `tracker` (the trial's MLflow run) gets the evaluation's metrics, grids and tables as they are written."""
     from .evaluation.runner import run_eval
     from .models.erased import is_erase_output
+    from .tracking import NULL_TRACKER
 
     folder = root / trial.name
     done = folder / METRICS_FILE
@@ -124,18 +151,22 @@ def run_trial_folder(trial: Trial, root: Path, stages: tuple[str, ...]) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     erase_dir = folder / "erase"
     if not is_erase_output(erase_dir):
+        from .sweep_sharing import place_stage1
         from .workflow import run_erasure
 
-        run_erasure(trial.cfg, erase_dir, stages, overwrite=True, progress=False)
+        placed = place_stage1(trial.cfg, root.parent, erase_dir, stages)  # one stage 1 per distinct setting
+        if not (placed and stages == ("text",)):
+            run_erasure(trial.cfg, erase_dir, stages, overwrite=True, progress=False)
     ecfg = eval_config(trial.cfg, erase_dir, root.parent / "images")
-    result = run_eval(ecfg, folder / "eval", overwrite=True, progress=False)
+    result = run_eval(ecfg, folder / "eval", overwrite=True, tracker=tracker or NULL_TRACKER, progress=False)
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     write_json(done, metrics)
     return metrics
 
 
 def tune_trainable(space: dict) -> None:
-    """Ray Tune function trainable: one grid point. Everything it needs arrives in `space` (no globals)."""
+    """Ray Tune function trainable: one sweep point. Everything it needs arrives in `space` (no globals): a planned
+    trial (grid, random), or the sampled point of a search algorithm with the base config (optuna)."""
     import torch
     from ray import tune
 
@@ -144,14 +175,53 @@ def tune_trainable(space: dict) -> None:
 
     quiet_libraries()
     torch.set_num_threads(1)
-    spec = space["trial"]
-    trial = Trial(spec["name"], spec["params"], validate(TRCEConfig, spec["cfg"]))
-    metrics = run_trial_folder(trial, Path(space["root"]), parse_stages(space["stages"]))
+    if "trial" in space:
+        spec = space["trial"]
+        trial = Trial(spec["name"], spec["params"], validate(TRCEConfig, spec["cfg"]))
+    else:
+        from .sweep_search import decode, point_config
+
+        params = decode(space["space"], space["params"])
+        trial = Trial(tune.get_context().get_trial_name(), params, point_config(space["base"], params))
+    from .sweep_tracking import log_trial_outputs, trial_run
+
+    root = Path(space["root"])
+    with trial_run(trial.cfg, trial.name, root.parent.name, space.get("mlflow_parent")) as run:
+        metrics = run_trial_folder(trial, root, parse_stages(space["stages"]), run)
+        log_trial_outputs(run, trial.cfg, root / trial.name, metrics)
+        if "trial" not in space:
+            from .sweep_search import objective_values
+
+            metrics = {**metrics, **objective_values(trial.cfg, metrics)}
     tune.report(metrics)
 
 
+def _trial_name_of(result) -> str:
+    return result.config["trial"]["name"] if "trial" in result.config else Path(result.path).name
+
+
 def _trial_name(trial) -> str:
-    return trial.config["trial"]["name"]
+    """Tune's trial (and folder) name: the planned trial's name, or for a search algorithm's trials the order in
+    which it asked for them (Tune's experiment tag starts with that count, from 1) plus the sampled values."""
+    if "trial" in trial.config:
+        return trial.config["trial"]["name"]
+    from .sweep_search import decode
+
+    index = int(str(trial.experiment_tag).split("_", 1)[0]) - 1
+    return f"t{index:02d}-{_slug(decode(trial.config['space'], trial.config['params']))}"
+
+
+def _result_trial(result, cfg: TRCEConfig) -> Trial:
+    """The Trial of a finished Tune result of a search algorithm (its name is its folder's)."""
+    from .sweep_search import decode, point_config
+
+    params = decode(result.config["space"], result.config["params"])
+    name = Path(result.path).name
+    try:
+        point = point_config(cfg.model_dump(mode="json"), params)
+    except ConfigError:
+        point = cfg
+    return Trial(name, params, point)
 
 
 @dataclass
@@ -219,10 +289,6 @@ def rank(rows: list[dict], metric: str | None, mode: str) -> tuple[dict | None, 
     return ordered[0], ties, [breakers[i - 1][0] for i in sorted(used)]
 
 
-def _best(rows: list[dict], metric: str | None, mode: str) -> dict | None:
-    return rank(rows, metric, mode)[0]
-
-
 def write_table(rows: list[dict], out: Path) -> list[str]:
     columns = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_file(out / "sweep.csv") as tmp, tmp.open("w", newline="") as f:
@@ -282,18 +348,10 @@ def write_plot(rows: list[dict], grid: dict, metrics: list[str], path: Path) -> 
         ax.grid(alpha=0.3)
         if others:
             ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    from .sweep_pareto import save_figure
+
+    save_figure(fig, path)
     return True
-
-
-class TrialFailed(Exception):
-    """A failed trial's error, re-raised in its MLflow run so the run ends FAILED (tag trce.error)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0])
 
 
 def error_sentence(err: BaseException) -> str:
@@ -311,38 +369,18 @@ def error_sentence(err: BaseException) -> str:
     return (exc_lines or lines or [type(err).__name__])[-1]
 
 
-def _log_to_mlflow(cfg: TRCEConfig, trials: list[Trial], rows: list[dict], out: Path) -> None:
-    from .tracking import track
-
-    by_name = {r["trial"]: r for r in rows}
-    with track(cfg, "sweep", run_name=f"sweep {out.name}") as parent:
-        for t in trials:
-            row = by_name[t.name]
-            try:
-                with track(
-                    t.cfg, "sweep-trial", run_name=t.name, parent_run_id=parent.run_id, tags={"trce.sweep": out.name}
-                ) as run:
-                    run.log_metrics({k: v for k, v in row.items() if k not in t.params and _number(v) is not None})
-                    if row["error"]:
-                        raise TrialFailed(row["error"])  # the trial's run ends FAILED, its error as a tag
-            except TrialFailed:
-                pass
-        for name in ("sweep.csv", "sweep.md", "sweep.png"):
-            if (out / name).is_file():
-                parent.log_artifact(out / name)
-        if all(r["error"] for r in rows):
-            raise TRCEError(f"every trial of the sweep failed; first error: {rows[0]['error']} (see {out}/sweep.csv)")
-
-
 def run_sweep(
     cfg: TRCEConfig, output: str | Path, overwrite: bool = False, resume: bool = False, progress: bool = True
 ) -> SweepResult:
     """Run every grid point of `cfg.sweep` as a Ray Tune trial and summarise them in `output`."""
+    from .sweep_sharing import with_shared_cache
+    from .sweep_tracking import with_resolved_tracking
     from .workflow import parse_stages
 
     stages = parse_stages(cfg.sweep.stages)
-    trials = grid_trials(cfg)
-    if "text" in stages and any(t.cfg.stage1 is None for t in trials):
+    cfg = with_resolved_tracking(with_shared_cache(cfg))  # every trial reaches the same cache and MLflow store
+    trials = plan_trials(cfg)
+    if "text" in stages and (cfg.stage1 is None or any(t.cfg.stage1 is None for t in trials)):
         raise ConfigError("the sweep erases with stage 1 but the config has no stage1 section (--concept ...)")
     check_eval_sets(cfg)
     out = Path(output).expanduser().resolve()
@@ -356,37 +394,98 @@ def run_sweep(
     out.mkdir(parents=True, exist_ok=True)
     recorded.write_text(cfg.to_yaml())
 
-    from ray import tune
-
     from .evaluation.dataflow import ensure_ray
 
     ensure_ray()
+    from .tracking import track
+
+    with track(cfg, "sweep", run_name=f"sweep {out.name}", tags={"trce.sweep": out.name}) as parent:
+        return _fit(cfg, trials, out, parent, progress)
+
+
+def ray_resources() -> dict[str, float]:
+    import ray
+
+    return {k: float(v) for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+
+
+def _fit(cfg: TRCEConfig, trials: list[Trial], out: Path, parent, progress: bool) -> SweepResult:
+    """Run the trials through Ray Tune (each logs its own child run of `parent` live), then summarise them."""
+    from ray import tune
+
     root = out / TRIALS_DIR
     specs = [{"name": t.name, "params": t.params, "cfg": t.cfg.model_dump(mode="json")} for t in trials]
-    progress_cb = _progress_callback(len(trials), progress)
+    progress_cb = _progress_callback(len(trials) or cfg.sweep.num_samples, progress)
+    param_space = {
+        "trial": tune.grid_search(specs),
+        "root": str(root),
+        "stages": cfg.sweep.stages,
+        "mlflow_parent": parent.run_id,
+    }
+    search = {}
+    if cfg.sweep.search == "optuna":
+        from .sweep_search import check_space, optuna_search
+
+        space = check_space(cfg)
+        search_alg, domains = optuna_search(cfg, space)
+        param_space = {"params": domains, "space": space, "base": cfg.model_dump(mode="json"), **param_space}
+        del param_space["trial"]
+        search = {"search_alg": search_alg, "num_samples": cfg.sweep.num_samples}
+    from .sweep_resources import concurrent_trials
+    from .workflow import parse_stages
+
+    concurrent = concurrent_trials(cfg, parse_stages(cfg.sweep.stages), ray_resources())
+    if concurrent < cfg.sweep.max_concurrent:
+        print(
+            f"sweep: {concurrent} trial(s) at once, not {cfg.sweep.max_concurrent}: more would not fit the cluster at "
+            "their peak and could each hold part of what they need (trce_ray/sweep_resources.py)"
+        )
     tuner = tune.Tuner(
         tune.with_resources(tune_trainable, {"cpu": cfg.sweep.trial_cpus, "gpu": cfg.sweep.trial_gpus}),
-        param_space={"trial": tune.grid_search(specs), "root": str(root), "stages": cfg.sweep.stages},
+        param_space=param_space,
         tune_config=tune.TuneConfig(
-            max_concurrent_trials=cfg.sweep.max_concurrent,
+            **search,
+            max_concurrent_trials=concurrent,
             trial_name_creator=_trial_name,
             trial_dirname_creator=_trial_name,
         ),
-        run_config=tune.RunConfig(name="tune", storage_path=str(out), verbose=0, callbacks=[progress_cb]),
+        run_config=tune.RunConfig(
+            name="tune",
+            storage_path=str(out),
+            verbose=0,
+            callbacks=[progress_cb],
+            failure_config=tune.FailureConfig(max_failures=cfg.sweep.max_failures),
+        ),
     )
     grid = tuner.fit()
     progress_cb.bar.close()
+    if not trials:  # a search algorithm: the trials are what it asked for
+        trials = sorted((_result_trial(r, cfg) for r in grid), key=lambda t: t.name)
     errors = {}
     for result in grid:
         if result.error is not None:
-            errors[result.config["trial"]["name"]] = error_sentence(result.error)[:500]
-    rows = _collect(trials, root, errors)
+            errors[_trial_name_of(result)] = error_sentence(result.error)[:500]
+    return summarise_sweep(cfg, trials, _collect(trials, root, errors), out, parent)
+
+
+def summarise_sweep(cfg: TRCEConfig, trials: list[Trial], rows: list[dict], out: Path, parent) -> SweepResult:
+    """Write sweep.csv/md/json and the plots, log them to the sweep's run `parent`; raise (the run ends FAILED) when
+    every trial failed."""
+    from .sweep_pareto import summarise
+
+    rows, summary = summarise(cfg, rows, trials, out)
     write_table(rows, out)
-    write_plot(rows, cfg.sweep.grid, plot_metrics(cfg), out / "sweep.png")
+    swept = cfg.sweep.grid if cfg.sweep.search == "grid" else {next(iter(trials[0].params)): []} if trials else {}
+    if swept:
+        write_plot(rows, swept, plot_metrics(cfg), out / "sweep.png")
     best, ties, breakers = rank(rows, cfg.sweep.metric, cfg.sweep.mode)
     write_json(
         out / "sweep.json",
-        {"rows": rows, "best": best, "ties": ties, "metric": cfg.sweep.metric, "mode": cfg.sweep.mode},
+        {"rows": rows, "best": best, "ties": ties, "metric": cfg.sweep.metric, "mode": cfg.sweep.mode, **summary},
     )
-    _log_to_mlflow(cfg, trials, rows, out)  # raises, with the sweep's run FAILED, when every trial failed
+    from .sweep_tracking import log_parent
+
+    log_parent(parent, rows, summary, out)
+    if all(r["error"] for r in rows):
+        raise TRCEError(f"every trial of the sweep failed; first error: {rows[0]['error']} (see {out}/sweep.csv)")
     return SweepResult(out, rows, best, ties, breakers)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 
 from .common import add_config_flags, add_stage1_flags, quiet_threads, resolve_config, stage1_overrides
 
@@ -36,6 +37,17 @@ def parse_grid_item(item: str) -> tuple[str, list]:
     return key.strip(), values
 
 
+def parse_space_item(item: str) -> tuple[str, dict]:
+    """'stage1.eta=loguniform:1e-3,10' -> ('stage1.eta', {'loguniform': [0.001, 10]}); choice values as in --grid."""
+    from ..errors import ConfigError
+
+    key, sep, rest = item.partition("=")
+    kind, sep2, raw = rest.partition(":")
+    if not sep or not sep2 or kind not in ("loguniform", "uniform", "choice"):
+        raise ConfigError(f"--space {item!r} must look like section.field=loguniform|uniform|choice:V1,V2")
+    return key.strip(), {kind: parse_grid_item(f"{key}={raw}")[1]}
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "sweep",
@@ -55,6 +67,12 @@ def add_parser(sub) -> None:
     g.add_argument("--data-dir", help="prompt-set folder (eval.data_dir)")
     g.add_argument("--metric", help="metric that ranks trials (sweep.metric), e.g. toy/direct, adv_asr")
     g.add_argument("--mode", choices=["min", "max"], help="lower (default) or higher metric is better")
+    g.add_argument("--search", choices=["grid", "random", "optuna"], help="sweep.search (default grid)")
+    g.add_argument("--num-samples", type=int, help="trials of a random or optuna search (sweep.num_samples)")
+    g.add_argument("--space", action="append", default=[], metavar="FIELD=KIND:A,B", help="a typed space (repeatable)")
+    g.add_argument(
+        "--objective", action="append", default=[], metavar="METRIC:MODE", help="e.g. toy/direct:min (repeatable)"
+    )
     g.add_argument("--max-concurrent", type=int, help="trials at once (sweep.max_concurrent, default 1)")
     g.add_argument("--resume", action="store_true", help="continue the sweep in --output, keeping finished trials")
     p.set_defaults(run=run)
@@ -62,10 +80,15 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     grid = dict(parse_grid_item(item) for item in args.grid) or None
+    space = dict(parse_space_item(item) for item in args.space) or None
     overrides = {
         **stage1_overrides(args),
         "sweep.grid": grid,
         "sweep.stages": args.stages,
+        "sweep.search": args.search,
+        "sweep.num_samples": args.num_samples,
+        "sweep.space": space,
+        "sweep.objectives": args.objective or None,
         "sweep.metric": args.metric,
         "sweep.mode": args.mode,
         "sweep.max_concurrent": args.max_concurrent,
@@ -94,6 +117,11 @@ def run(args: argparse.Namespace) -> int:
     elif result.best:
         broken = f" (tie on {cfg.sweep.metric} broken by {', '.join(result.breakers)})" if result.breakers else ""
         print(f"best by {cfg.sweep.metric} ({cfg.sweep.mode}): {result.best['trial']}{broken}")
+    summary = json.loads((result.output / "sweep.json").read_text())
+    for goal, best in summary.get("best_by_objective", {}).items():
+        print(f"best by {goal}: {best['trial']} ({best['value']:.4g})")
+    if len(summary.get("objectives", [])) > 1:
+        print(f"Pareto front ({', '.join(summary['objectives'])}): {', '.join(summary['pareto']) or 'empty'}")
     if failed:
         print(f"{len(failed)} trial(s) failed (errors in sweep.csv):")
         for r in result.rows:
