@@ -48,12 +48,14 @@ def erasures(model: str, n: int, preserve_count: int) -> None:
     torch.set_num_threads(1)
     pipe = load_pipeline(resolve_model_path(model))
     adapter = adapter_for(pipe)
-    counts = {"calls": 0, "prompts": 0}
+    counts = {"calls": 0, "prompts": 0, "preserve": 0}
     original = adapter.encode_text
+    keep_set: set[str] = set()
 
     def counted(prompts, *args, **kw):
         counts["calls"] += 1
         counts["prompts"] += len(prompts)
+        counts["preserve"] += set(prompts) <= keep_set
         return original(prompts, *args, **kw)
 
     adapter.encode_text = counted
@@ -62,20 +64,26 @@ def erasures(model: str, n: int, preserve_count: int) -> None:
     rows = {}
     for mode in ("every time", "shared"):
         store = stats_store(folder / "cache", model_fingerprint(model), "float32") if mode == "shared" else None
-        counts.update(calls=0, prompts=0)
+        counts.update(calls=0, prompts=0, preserve=0)
         t0 = time.perf_counter()
+        n_erase = 0
         for concept in concepts:
             s1 = Stage1Config(concept=concept, preserve_count=preserve_count, templates=15)
             _, pairs, keep = stage1_inputs(s1)
+            keep_set.update(keep)
+            n_erase += len(pairs)
             compute_stage1(adapter, pairs, keep, s1, store=store)
-        rows[mode] = (counts["calls"], counts["prompts"], time.perf_counter() - t0)
+        rows[mode] = (counts["calls"], counts["preserve"], counts["prompts"], time.perf_counter() - t0)
+        print(f"  {mode}: done in {rows[mode][-1]:.1f} s", flush=True)
     base = rows["every time"]
-    print(f"{n} single-concept erasures on {model}, {preserve_count} preservation prompts each:")
-    print(f"  {'':<12}{'encoder calls':>14}{'prompts embedded':>18}{'wall s':>9}")
-    for mode, (calls, prompts, wall) in rows.items():
+    print(f"{n} single-concept erasures on {model} ({n_erase} erase prompts in all), {preserve_count} preservation")
+    print("prompts each; encoder calls are batches of up to 64 prompts:")
+    print(f"  {'':<12}{'encoder calls':>18}{'preservation calls':>20}{'prompts embedded':>20}{'wall s':>16}")
+    for mode, (calls, pres, prompts, wall) in rows.items():
         print(
-            f"  {mode:<12}{calls:>8} ({calls / base[0]:.3f}x){prompts:>9} ({prompts / base[1]:.3f}x)"
-            f"{wall:>7.1f} ({wall / base[2]:.3f}x)"
+            f"  {mode:<12}{calls:>8} ({calls / base[0]:.3f}x){pres:>10} ({pres / base[1]:.3f}x)"
+            f"{prompts:>10} ({prompts / base[2]:.3f}x){wall:>8.1f} ({wall / base[3]:.3f}x)",
+            flush=True,
         )
 
 
@@ -109,6 +117,7 @@ def one_size(model: str, n: int) -> None:
 def memory(model: str, sizes: list[int]) -> None:
     out = []
     for n in [0, *sizes]:
+        print(f"  embedding {n} preservation prompts in a fresh process", flush=True)
         child = subprocess.run(
             [sys.executable, __file__, "--model", model, "--one-size", str(n)], capture_output=True, text=True
         )
