@@ -124,6 +124,7 @@ def memory(model: str, sizes: list[int]) -> None:
         if child.returncode:
             raise SystemExit(child.stderr)
         out.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(f"    peak {out[-1]['peak'] / 1e6:.0f} MB, {out[-1]['seconds']:.1f} s", flush=True)
     base = out[0]["peak"]
     d = max(r["d"] for r in out)
     print(f"peak resident memory embedding preservation prompts on {model} (streamed Gram sum, batches of 64):")

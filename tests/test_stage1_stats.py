@@ -96,8 +96,17 @@ def test_damaged_entry_is_computed_again(tiny_pipe, tmp_path):
     assert store.misses == 2 and fixed.equal(gram)
 
 
-def test_cache_ls_lists_stage1_statistics(tiny_pipe, tmp_path, capsys):
+def test_cache_ls_and_prune_handle_statistics_beside_trajectory_caches(tiny_pipe, tmp_path, capsys):
     stats_store(tmp_path, "model-a", "float32", "tiny").preserve_gram(adapter_for(tiny_pipe), KEEP, "eot")
+    traj = tmp_path / "0123456789abcdef0123"
+    traj.mkdir()
+    spec = {"trajectories": [{}, {}], "steps": 20, "guidance": 5.0, "store_dtype": "float16"}
+    (traj / "spec.json").write_text(json.dumps(spec))
+    (traj / "manifest.json").write_text(json.dumps({"model_path": "toy"}))
     assert main(["cache", "ls", "--cache-root", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "stage-1 statistics: 20 prompts, clip, eot tokens" in out and "tiny" in out
+    assert "2 trajectories, 20 steps, guidance 5, float16" in out and "2 caches" in out
+    assert main(["cache", "prune", "--cache-root", str(tmp_path), "--max-size", "0"]) == 0
+    assert "deleted 2 caches" in capsys.readouterr().out
+    assert not traj.exists() and not list_stats(tmp_path)
