@@ -2,7 +2,10 @@
 
 A pack is a YAML file (`name`, `anchor`, `phrases` as strings or {phrase, anchor}) or a TRCE-style JSON list of
 [malicious, anchor] pairs. Built-in packs live in `trce_ray/packs/`. Prompt files hold one prompt a line; a
-[bracketed] span marks the keyword that the "key" token role maps.
+[bracketed] span marks the keyword that the "key" token role maps. A names file (`.txt`, one name a line) plus a
+template family (person, artist, object: `families` in packs/templates.yaml) and an anchor makes a pack of
+celebrities or artists: every name over every template of the family, each mapped to the same template filled
+with the anchor.
 """
 
 from __future__ import annotations
@@ -83,8 +86,53 @@ def load_pack(name: str) -> ConceptPack:
     return ConceptPack(str(data.get("name", Path(name).stem)), tuple(pairs), str(data.get("description", "")))
 
 
-def load_templates() -> list[str]:
-    return list(yaml.safe_load((PACK_DIR / "templates.yaml").read_text())["templates"])
+def load_templates(family: str | None = None) -> list[str]:
+    """The general templates, or those of a names-file family (person, artist, object)."""
+    data = yaml.safe_load((PACK_DIR / "templates.yaml").read_text())
+    if family is None:
+        return list(data["templates"])
+    if family not in data["families"]:
+        raise TRCEError(f"unknown template family {family!r}; choose from {', '.join(FAMILIES)}")
+    return list(data["families"][family])
+
+
+FAMILIES = ("person", "artist", "object")
+FAMILY_ANCHORS = {"person": "a person", "artist": "an artist", "object": "an object"}  # when no anchor is given
+
+
+def is_names_file(entry: str) -> bool:
+    """A concept entry that names a names file (one name a line) rather than a pack."""
+    return str(entry).endswith(".txt")
+
+
+def read_names_file(path: str | Path) -> list[str]:
+    """The names of a names file, one a line; a blank or repeated line is an error (it would weight a name twice
+    or hide a typo)."""
+    p = Path(path).expanduser()
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise TRCEError(f"names file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise TRCEError(f"names file {path} is not UTF-8 text") from None
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise TRCEError(f"names file {path} is empty: it needs one name a line")
+    seen: dict[str, int] = {}
+    for i, line in enumerate(lines, 1):
+        name = line.strip()
+        if not name:
+            raise TRCEError(f"names file {path} has a blank line {i}: remove it (one name a line)")
+        if name.casefold() in seen:
+            raise TRCEError(f"names file {path} repeats {name!r} (lines {seen[name.casefold()]} and {i})")
+        seen[name.casefold()] = i
+    return [line.strip() for line in lines]
+
+
+def names_pack(path: str | Path, anchor: str) -> ConceptPack:
+    """A pack of every name in a names file, each mapped to `anchor`."""
+    return ConceptPack(Path(path).stem, tuple((name, anchor) for name in read_names_file(path)))
 
 
 def _fill(template: str, phrase: str) -> tuple[str, tuple[int, int]]:
@@ -92,11 +140,15 @@ def _fill(template: str, phrase: str) -> tuple[str, tuple[int, int]]:
     return template.replace("{}", phrase, 1), (start, start + len(phrase))
 
 
-def expand_pack(pack: ConceptPack, n_templates: int = 15, n_synonyms: int | None = None) -> list[PromptPair]:
-    """Every (phrase, template) combination: erase = template(phrase), target = template(anchor)."""
-    templates = load_templates()
+def expand_pack(
+    pack: ConceptPack, n_templates: int = 15, n_synonyms: int | None = None, family: str | None = None
+) -> list[PromptPair]:
+    """Every (phrase, template) combination: erase = template(phrase), target = template(anchor); the general
+    templates, or those of `family`."""
+    templates = load_templates(family)
     if n_templates > len(templates):
-        raise TRCEError(f"stage1.templates={n_templates} but only {len(templates)} templates exist")
+        which = f"the {family} family" if family else "the template list"
+        raise TRCEError(f"stage1.templates={n_templates} but {which} has only {len(templates)} templates")
     phrases = pack.phrases
     if n_synonyms is not None:
         if n_synonyms > len(phrases):

@@ -264,7 +264,7 @@ def lineage(cfg, erase_dir: str | Path) -> dict[str, str]:
     out = {"trce.base_model": cfg.model.path, "trce.stages": "+".join(stages) or "none"}
     s1 = cfg.stage1
     if s1 is not None:
-        out["trce.concept"] = s1.concept or f"{s1.erase_prompts} -> {s1.target_prompts}"
+        out["trce.concept"] = s1.concept_label
         out["trce.eta"] = str(s1.eta)
         out["trce.tokens"] = ",".join(s1.tokens) if s1.tokens else "family default"
     if "stage2" in stages:

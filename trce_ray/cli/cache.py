@@ -82,28 +82,34 @@ def _row(e) -> str:
     return f"{e.path.name:<22}{_size(e.bytes):>10}  {when}  {state:<9} {e.model}  ({e.settings})"
 
 
-def run_ls(args: argparse.Namespace) -> int:
+def _entries(root: str) -> list:
+    """Trajectory caches and stage-1 statistics under `root`, least recently used first."""
+    from ..stage1.stats import list_stats
     from ..stage2.cache import list_caches
 
-    entries = list_caches(args.root)
+    return sorted(list_caches(root) + list_stats(root), key=lambda e: e.last_used)
+
+
+def run_ls(args: argparse.Namespace) -> int:
+    entries = _entries(args.root)
     if not entries:
-        print(f"no trajectory caches in {args.root}")
+        print(f"no trajectory caches or stage-1 statistics in {args.root}")
         return 0
     print(f"{'CACHE':<22}{'SIZE':>10}  {'LAST USED':<16}  {'STATE':<9} MODEL  (SETTINGS)")
     for e in entries:
         print(_row(e))
-    print(f"{len(entries)} caches, {_size(sum(e.bytes for e in entries))} in {entries[0].path.parent}")
+    print(f"{len(entries)} caches, {_size(sum(e.bytes for e in entries))} in {args.root}")
     return 0
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from ..stage2.cache import caches_to_prune, list_caches, remove_cache
+    from ..stage2.cache import caches_to_prune, remove_cache
 
     if args.older_than is None and args.max_size is None:
         raise TRCEError("cache prune needs --older-than AGE and/or --max-size SIZE")
     age = parse_age(args.older_than) if args.older_than else None
     size = parse_size(args.max_size) if args.max_size else None
-    entries = list_caches(args.root)
+    entries = _entries(args.root)
     chosen = caches_to_prune(entries, age, size)
     verb = "would delete" if args.dry_run else "deleted"
     freed = 0

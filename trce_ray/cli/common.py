@@ -93,7 +93,16 @@ def add_stage1_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--concept",
         metavar="NAME",
-        help="built-in pack (sexual, i2p-malicious, van-gogh, kelly-mckernan) or pack file",
+        action="append",
+        help="built-in pack (sexual, i2p-malicious, van-gogh, kelly-mckernan), pack file, or names file (.txt, one "
+        "name a line); repeat to erase several concepts in one solve, each with its own anchor",
+    )
+    g.add_argument(
+        "--family", choices=["person", "artist", "object"], help="template family of names files (default person)"
+    )
+    g.add_argument("--anchor", metavar="TEXT", help="safe anchor of names files (default: 'a person', ...)")
+    g.add_argument(
+        "--retain", metavar="NAMES_FILE", help="names to keep, expanded over the same templates into preservation"
     )
     g.add_argument(
         "--erase-prompts", metavar="FILE", help="one erase prompt a line; [bracket] the keyword for --token key"
@@ -125,7 +134,10 @@ def add_stage1_flags(p: argparse.ArgumentParser) -> None:
 
 def stage1_overrides(args: argparse.Namespace) -> dict:
     return {
-        "stage1.concept": args.concept,
+        "stage1.concept": args.concept[0] if args.concept and len(args.concept) == 1 else args.concept,
+        "stage1.family": args.family,
+        "stage1.anchor": args.anchor,
+        "stage1.retain": args.retain,
         "stage1.erase_prompts": args.erase_prompts,
         "stage1.target_prompts": args.target_prompts,
         "stage1.preserve_prompts": args.preserve_prompts,

@@ -11,6 +11,9 @@ EXAMPLES = """examples:
   trce-ray erase --config jobs/configs/sd14-sexual.yaml --eta 0.02 --output runs/eta0.02
   trce-ray erase --model toy --erase-prompts erase.txt --target-prompts safe.txt --token eot --token key \
       --output runs/x
+  trce-ray erase --model toy --concept toy-red --concept toy-blue --output runs/red-blue   # one joint solve
+  trce-ray erase --model CompVis/stable-diffusion-v1-4 --concept celebs.txt --family person --anchor "a person" \
+      --retain keep-celebs.txt --output runs/celebs       # names files: one name a line
   trce-ray erase --model toy --concept sexual --stages text,visual --output runs/t-plus-v   # stage 1, cache, stage 2
 """
 

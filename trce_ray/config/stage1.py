@@ -13,10 +13,43 @@ from .base import Section, at_least_one, non_negative
 ROLES = ("eot", "last", "key", "all", "sot")  # see trce_ray.models.tokens
 SEGMENTS = ("clip", "t5")
 Convention = Literal["paper", "authors", "normalised"]
+Family = Literal["person", "artist", "object"]
+
+
+class NamesConcept(Section):
+    """One concept from a names file, with its own template family and anchor (YAML: an item of stage1.concepts)."""
+
+    names: str  # one name a line
+    family: Family | None = None  # default: stage1.family
+    anchor: str | None = None  # default: stage1.anchor, else the family's ("a person", "an artist", "an object")
+
+    @field_validator("names")
+    @classmethod
+    def _exists(cls, v):
+        if not Path(v).expanduser().is_file():
+            raise ValueError(f"names file {v} does not exist")
+        return v
+
+
+def _check_concept(v: str) -> None:
+    """A pack name or file, or an existing names file (.txt); raise ValueError otherwise."""
+    from ..concepts import check_pack_name, is_names_file
+
+    if not is_names_file(v):
+        check_pack_name(v)
+    elif not Path(v).expanduser().is_file():
+        raise ValueError(f"names file {v} does not exist")
 
 
 class Stage1Config(Section):
     concept: str | None = None  # built-in pack name or a pack file (.yaml / TRCE-style .json); or use prompt files
+    # several concepts erased in one joint solve, each with its own anchor: packs, names files (.txt, one name a
+    # line) or {names, family, anchor} items; `concept: [a, b]` means the same
+    concepts: list[str | NamesConcept] | None = None
+    family: Family = "person"  # template family of names files (packs/templates.yaml `families`)
+    anchor: str | None = None  # safe anchor of names files; None = the family's ("a person", ...)
+    retain: str | None = None  # names file: names kept, expanded over the family's templates into preservation
+    stats_cache: bool = True  # store/reuse the preservation statistics under cache.root/stage1-stats
     erase_prompts: str | None = None  # one prompt a line; mark the keyword with [brackets] to enable the "key" role
     target_prompts: str | None = None  # line i = safe counterpart of erase line i
     preserve_prompts: str | None = None  # one prompt a line; default: vendored COCO captions
@@ -67,10 +100,52 @@ class Stage1Config(Section):
     @classmethod
     def _pack(cls, v):
         if v is not None:
-            from ..concepts import check_pack_name
-
-            check_pack_name(v)
+            _check_concept(v)
         return v
+
+    @field_validator("concepts")
+    @classmethod
+    def _packs(cls, v):
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("needs at least one concept")
+        seen = set()
+        for item in v:
+            name = item.names if isinstance(item, NamesConcept) else item
+            if isinstance(item, str):
+                _check_concept(item)
+            path = Path(name).expanduser()
+            key = str(path.resolve()) if path.is_file() else name  # a file by where it is, a built-in by name
+            if key in seen:
+                raise ValueError(f"concept {name!r} is given twice")
+            seen.add(key)
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _concept_list(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("concept"), list):
+            if data.get("concepts") is not None:
+                raise ValueError("give stage1.concept or stage1.concepts, not both")
+            data = {**data, "concepts": data["concept"], "concept": None}
+            if len(data["concepts"]) == 1 and isinstance(data["concepts"][0], str):
+                data = {**data, "concept": data["concepts"][0], "concepts": None}
+        return data
+
+    def concept_entries(self) -> list:
+        """Every concept to erase (packs, names files, NamesConcept items); empty with prompt files."""
+        if self.concepts is not None:
+            return list(self.concepts)
+        return [self.concept] if self.concept is not None else []
+
+    @property
+    def concept_label(self) -> str:
+        """What is erased, in words: concept names joined by commas, or the prompt files."""
+        entries = self.concept_entries()
+        if not entries:
+            return f"{self.erase_prompts} -> {self.target_prompts}"
+        return ",".join(e if isinstance(e, str) else e.names for e in entries)
 
     @field_validator("eta")
     @classmethod
@@ -90,7 +165,7 @@ class Stage1Config(Section):
 
     _positive = field_validator("templates", "preserve_count", "batch_size")(at_least_one)
 
-    @field_validator("erase_prompts", "target_prompts", "preserve_prompts")
+    @field_validator("erase_prompts", "target_prompts", "preserve_prompts", "retain")
     @classmethod
     def _exists(cls, v):
         if v is not None and not Path(v).expanduser().is_file():
@@ -117,9 +192,12 @@ class Stage1Config(Section):
     @model_validator(mode="after")
     def _source(self):
         files = self.erase_prompts is not None or self.target_prompts is not None
-        if self.concept is not None and files:
+        if self.concept is not None and self.concepts is not None:
+            raise ValueError("give stage1.concept or stage1.concepts, not both")
+        concept = self.concept is not None or self.concepts is not None
+        if concept and files:
             raise ValueError("give either a concept pack or erase/target prompt files, not both")
-        if self.concept is None and not files:
+        if not concept and not files:
             raise ValueError("no erase prompts: give a concept pack (--concept) or --erase-prompts/--target-prompts")
         if files and (self.erase_prompts is None or self.target_prompts is None):
             raise ValueError("--erase-prompts and --target-prompts go together (line i of one pairs with line i)")

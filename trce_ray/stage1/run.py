@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from ..artifacts import apply_delta, atomic_dir, check_output, save_delta, write_json
-from ..concepts import PromptPair, expand_pack, load_pack, pairs_from_files, preserve_prompts
+from ..concepts import PromptPair
 from ..config import Stage1Config, TRCEConfig
 from ..errors import TRCEError, TRCEWarning
 from ..locks import hold
@@ -20,6 +20,8 @@ from ..models.loading import load_model, model_fingerprint
 from ..models.tokens import role_notes, token_count
 from .closed_form import diagnostics, edited_weights, solve_map, stream_statistics
 from .embeddings import check_key_roles, erase_embeddings, preserve_gram, resolve_roles
+from .prompts import ConceptPrompts, stage1_prompt_sets
+from .stats import StatsStore, stats_store
 
 STAGE1_FILE = "stage1.safetensors"
 # preserve_drift is the RMS change of K/V outputs on the preservation prompts relative to the outputs themselves (a
@@ -29,13 +31,11 @@ STAGE1_FILE = "stage1.safetensors"
 DESTROYED_DRIFT = 1.0
 
 
-def stage1_prompts(s1: Stage1Config) -> tuple[list[PromptPair], list[str]]:
-    """The erase/target pairs and preservation prompts, read and checked before any model work."""
-    if s1.concept is not None:
-        pairs = expand_pack(load_pack(s1.concept), s1.templates, s1.synonyms)
-    else:
-        pairs = pairs_from_files(s1.erase_prompts, s1.target_prompts)
-    keep = preserve_prompts(s1.preserve_prompts, s1.preserve_count)
+def stage1_inputs(s1: Stage1Config) -> tuple[list[ConceptPrompts], list[PromptPair], list[str]]:
+    """The concepts, their erase/target pairs stacked in order, and the preservation prompts, read and checked
+    before any model work."""
+    concepts, keep = stage1_prompt_sets(s1)
+    pairs = [p for c in concepts for p in c.pairs]
     if any(role.rpartition(":")[2] == "key" for role in s1.tokens or []):
         unmarked = [i for i, p in enumerate(pairs) if p.erase_key is None]
         if unmarked:
@@ -43,6 +43,12 @@ def stage1_prompts(s1: Stage1Config) -> tuple[list[PromptPair], list[str]]:
                 f"token role 'key' needs the keyword marked: erase prompt {unmarked[0] + 1} "
                 f"({pairs[unmarked[0]].erase!r}) has no [bracketed] span"
             )
+    return concepts, pairs, keep
+
+
+def stage1_prompts(s1: Stage1Config) -> tuple[list[PromptPair], list[str]]:
+    """The erase/target pairs (every concept's, stacked) and the preservation prompts."""
+    _, pairs, keep = stage1_inputs(s1)
     return pairs, keep
 
 
@@ -70,12 +76,19 @@ class Stage1Result:
     timings: dict[str, float] = field(default_factory=dict)
     token_roles: dict[str, list[str]] = field(default_factory=dict)  # the roles used, per token segment
     notes: list[str] = field(default_factory=list)  # what a chosen role means on this model (e.g. eot on T5)
+    stats_reused: int = 0  # text streams whose preservation statistics came from the store
 
 
 def compute_stage1(
-    adapter: DiffusionAdapter, pairs: list[PromptPair], keep: list[str], s1: Stage1Config, progress: bool = False
+    adapter: DiffusionAdapter,
+    pairs: list[PromptPair],
+    keep: list[str],
+    s1: Stage1Config,
+    progress: bool = False,
+    store: StatsStore | None = None,
 ) -> Stage1Result:
-    """Solve Eq. 5 once per text stream and return the edited weights (the model is left untouched).
+    """Solve Eq. 5 once per text stream and return the edited weights (the model is left untouched). With `store`,
+    the preservation sums come from (or go to) that store instead of being embedded every time.
 
     Diagnostics are reported for the token stream as `erase_residual` / `preserve_drift`, and for any other edited
     stream with its name as prefix (e.g. `pooled_erase_residual`).
@@ -86,10 +99,12 @@ def compute_stage1(
     for note in notes:
         warnings.warn(note, stacklevel=2)
     maps, diag, timings = {}, {}, {"embed_s": 0.0, "solve_s": 0.0}
+    hits = 0 if store is None else store.hits
     for stream in sorted(set(targets.values())):
         t0 = time.perf_counter()
         e_m, e_s = erase_embeddings(adapter, pairs, roles, stream, s1.batch_size, progress)
-        gram_k, q = preserve_gram(adapter, keep, s1.preserve_tokens, stream, s1.batch_size, progress)
+        gram_fn = preserve_gram if store is None else store.preserve_gram
+        gram_k, q = gram_fn(adapter, keep, s1.preserve_tokens, stream, s1.batch_size, progress)
         t1 = time.perf_counter()
         stats = stream_statistics(e_m, e_s, gram_k, q, len(pairs), len(keep))
         try:
@@ -112,7 +127,8 @@ def compute_stage1(
         prefix = "" if stream == 0 else f"{adapter.stream_names[stream]}_"
         part = {k: v for k, v in delta.items() if targets[k] == stream}
         diagnostic.update({prefix + k: v for k, v in diagnostics(adapter, part, e_m, e_s, gram_k, q).items()})
-    return Stage1Result(delta, diagnostic, timings, roles, notes)
+    reused = 0 if store is None else store.hits - hits
+    return Stage1Result(delta, diagnostic, timings, roles, notes, reused)
 
 
 def run_stage1(
@@ -171,7 +187,7 @@ def run_stage1_task(cfg: TRCEConfig, output: Path, overwrite: bool, progress: bo
 
 def _run_stage1(cfg: TRCEConfig, output: Path, overwrite: bool, pipe, progress: bool) -> Stage1Result:
     s1 = cfg.stage1
-    pairs, keep = stage1_prompts(s1)
+    concepts, pairs, keep = stage1_inputs(s1)
     if pipe is None:
         pipe = load_model(cfg)
     adapter = adapter_for(pipe)
@@ -180,7 +196,8 @@ def _run_stage1(cfg: TRCEConfig, output: Path, overwrite: bool, pipe, progress: 
     warn_long_prompts(adapter.tokenizer, pairs, keep)
     fingerprint = model_fingerprint(cfg.model.path)
     with atomic_dir(output, overwrite=overwrite) as tmp:
-        result = compute_stage1(adapter, pairs, keep, s1, progress)
+        store = stats_store(cfg.cache.root, fingerprint, cfg.model.dtype, cfg.model.path) if s1.stats_cache else None
+        result = compute_stage1(adapter, pairs, keep, s1, progress, store)
         drift = result.diagnostics["preserve_drift"]
         if drift >= DESTROYED_DRIFT:
             warnings.warn(
@@ -206,6 +223,7 @@ def _run_stage1(cfg: TRCEConfig, output: Path, overwrite: bool, pipe, progress: 
                 "erase": [p.erase for p in pairs],
                 "target": [p.target for p in pairs],
                 "preserve": keep,
+                "concepts": [{"name": c.name, "n_erase_prompts": len(c.pairs)} for c in concepts],
                 "tokens": result.token_roles,
                 "preserve_tokens": s1.preserve_tokens,
                 "convention": s1.convention,
@@ -216,6 +234,8 @@ def _run_stage1(cfg: TRCEConfig, output: Path, overwrite: bool, pipe, progress: 
             {
                 "n_erase_prompts": len(pairs),
                 "n_preserve_prompts": len(keep),
+                "concepts": [c.name for c in concepts],
+                "preserve_stats": {"reused": result.stats_reused, "entries": store.used if store else []},
                 "n_edited_matrices": len(result.delta),
                 "model_family": adapter.family,
                 "token_roles": result.token_roles,

@@ -390,37 +390,34 @@ class CacheEntry:
 
 def list_caches(root: str | Path) -> list[CacheEntry]:
     """Every trajectory cache under `root`, least recently used first."""
-    from ..locks import lock_path
-
     root = Path(root).expanduser().resolve()
     if not root.is_dir():
         return []
     out = []
     for d in sorted(p for p in root.iterdir() if p.is_dir() and (p / "spec.json").is_file()):
-        files = [f for f in d.rglob("*") if f.is_file()]
-        stamp = d / LAST_USED
-        last = stamp.stat().st_mtime if stamp.is_file() else max((f.stat().st_mtime for f in files), default=0.0)
-        try:
-            manifest = json.loads((d / "manifest.json").read_text())
-        except (OSError, ValueError):
-            manifest = None
         spec = json.loads((d / "spec.json").read_text())
         settings = (
             f"{len(spec['trajectories'])} trajectories, {spec['steps']} steps, guidance {spec['guidance']:g}, "
             f"{spec['store_dtype']}"
         )
-        out.append(
-            CacheEntry(
-                d,
-                sum(f.stat().st_size for f in files),
-                last,
-                manifest is not None,
-                _locked(lock_path(d)),
-                (manifest or {}).get("model_path", "?"),
-                settings,
-            )
-        )
+        out.append(folder_entry(d, settings))
     return sorted(out, key=lambda e: e.last_used)
+
+
+def folder_entry(d: Path, settings: str) -> CacheEntry:
+    """A content-addressed folder (spec.json, manifest.json written last, `last_used`) as `cache ls` shows it."""
+    from ..locks import lock_path
+
+    files = [f for f in d.rglob("*") if f.is_file()]
+    stamp = d / LAST_USED
+    last = stamp.stat().st_mtime if stamp.is_file() else max((f.stat().st_mtime for f in files), default=0.0)
+    try:
+        manifest = json.loads((d / "manifest.json").read_text())
+    except (OSError, ValueError):
+        manifest = None
+    model = (manifest or {}).get("model_path") or "?"
+    size = sum(f.stat().st_size for f in files)
+    return CacheEntry(d, size, last, manifest is not None, _locked(lock_path(d)), model, settings)
 
 
 def _locked(path: Path) -> bool:
