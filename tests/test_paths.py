@@ -110,3 +110,20 @@ def test_the_cli_refuses_a_job_local_output_with_one_sentence_and_the_flag_allow
     assert (folder / "out" / "stage1.safetensors").is_file()
     cfg = (folder / "out" / "config.yaml").read_text()
     assert f"output: {folder / 'out'}" in cfg  # the recorded config holds the absolute path
+
+
+def test_names_files_of_several_concepts_and_retain_become_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "names").mkdir()
+    for name in ("a.txt", "b.txt", "keep.txt"):
+        (tmp_path / "names" / name).write_text("Jane Doe\n")
+    cfg = load_config(
+        overrides={
+            "model.path": "toy",
+            "stage1.concepts": ["toy-red", "names/a.txt", {"names": "names/b.txt", "family": "artist"}],
+            "stage1.retain": "names/keep.txt",
+        }
+    )
+    concepts = [c if isinstance(c, str) else c.names for c in cfg.stage1.concepts]
+    assert concepts == ["toy-red", str(tmp_path / "names" / "a.txt"), str(tmp_path / "names" / "b.txt")]
+    assert cfg.stage1.retain == str(tmp_path / "names" / "keep.txt")

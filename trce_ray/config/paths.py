@@ -28,6 +28,7 @@ READ_FIELDS = (
     "stage1.erase_prompts",
     "stage1.target_prompts",
     "stage1.preserve_prompts",
+    "stage1.retain",
     "eval.data_dir",
     "eval.celebrity_erase",
     "eval.celebrity_retain",
@@ -37,6 +38,7 @@ READ_FIELDS = (
 )
 LIST_FIELDS = ("eval.deltas",)  # lists of paths
 MAP_FIELDS = ("eval.prompt_files",)  # name -> path
+CONCEPT_LIST_FIELDS = ("stage1.concepts",)  # packs or names files, or {names: <file>, family, anchor} items
 # Fields that hold a path, or a name that is not one (a hub id, a built-in pack, "toy", "inception"): resolved only
 # when the value looks like a path (/, ./, ../, ~) or names something that exists here.
 MAYBE_PATH_FIELDS = (
@@ -47,7 +49,7 @@ MAYBE_PATH_FIELDS = (
     "eval.clip_model",
     "eval.fid_features",
 )
-PATH_FIELDS = WRITTEN_FIELDS + READ_FIELDS + LIST_FIELDS + MAP_FIELDS + MAYBE_PATH_FIELDS
+PATH_FIELDS = WRITTEN_FIELDS + READ_FIELDS + LIST_FIELDS + MAP_FIELDS + CONCEPT_LIST_FIELDS + MAYBE_PATH_FIELDS
 JOB_DIR_MARKER = ("runtime_resources", "working_dir_files")
 DEFAULT_TRACKING_DB = "mlflow.db"
 
@@ -88,6 +90,12 @@ def _resolve_value(key: str, value: Any, base: str) -> Any:
         return [absolute(v, base) for v in value]
     if key in MAP_FIELDS:
         return {name: absolute(v, base) for name, v in value.items()}
+    if key in CONCEPT_LIST_FIELDS:
+        one = MAYBE_PATH_FIELDS[1]  # stage1.concept: a pack name or a names file
+        return [
+            {**v, "names": absolute(v["names"], base)} if isinstance(v, dict) else _resolve_value(one, v, base)
+            for v in value
+        ]
     if key in MAYBE_PATH_FIELDS:
         return absolute(value, base) if isinstance(value, str) and _looks_like_path(value, base) else value
     return absolute(value, base) if isinstance(value, str) else value
