@@ -202,6 +202,7 @@ def test_flux_killed_run_resumes_bitwise(flux_world):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_flux_zero3_full_matches_ddp(flux_world):
     tmp, cfg, ref = flux_world
     ds = cfg.model_copy(update={"train": cfg.train.model_copy(update={"backend": "deepspeed", "zero_stage": 3})})
@@ -240,3 +241,17 @@ def test_mixed_precision_on_cpu_is_refused(tmp_path, model_dirs):
     with pytest.raises(TRCEError, match="mixed_precision bf16 needs GPUs"):
         run_stage2(cfg, tmp_path / "out", progress=False)
     assert not (tmp_path / "cache").exists()  # refused before any sampling
+
+
+@pytest.mark.parametrize("name", ["sdxl-sexual.yaml", "flux-dev-sexual.yaml"])
+def test_family_configs_validate(name):
+    """The shipped configs are the memory plan's smallest fitting stage-2 setting (docs/benchmarks.md)."""
+    from pathlib import Path
+
+    from trce_ray.config import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "jobs" / "configs" / name)
+    assert cfg.stage1.concept == "sexual" and cfg.train.lora_rank == 16 and cfg.train.mixed_precision == "bf16"
+    assert cfg.train.backend == "ddp" and cfg.train.num_workers == 1
+    if name.startswith("flux"):
+        assert cfg.cache.guidance == 1.0 and cfg.train.gradient_checkpointing  # one 80 GB GPU: 28.9 GiB
