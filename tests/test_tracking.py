@@ -1,7 +1,8 @@
-"""MLflow tracking: URI resolution, run lifecycle (FINISHED/FAILED), params, artifacts, registry lineage, erase CLI."""
+"""MLflow tracking: URI resolution, run lifecycle (FINISHED/FAILED/KILLED), params, artifacts, lineage, erase CLI."""
 
 import hashlib
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from trce_ray.artifacts import save_delta
 from trce_ray.config import load_config
 from trce_ray.errors import TRCEError
+from trce_ray.interrupts import Interrupted
 from trce_ray.tracking import NULL_TRACKER, flatten, log_erase_output, resolve_tracking_uri, track
 
 
@@ -82,6 +84,14 @@ def test_failing_command_ends_failed_and_keeps_the_error(exp):
         raise TRCEError("boom")
     _, r = only_run(uri, name)
     assert r.info.status == "FAILED" and r.data.tags["trce.error"] == "TRCEError: boom"
+
+
+def test_interrupted_command_ends_killed(exp):
+    uri, name = exp
+    with pytest.raises(Interrupted), track(config(uri, name), "eval"):
+        raise Interrupted(signal.SIGTERM)
+    _, r = only_run(uri, name)
+    assert r.info.status == "KILLED" and r.data.tags["trce.error"] == "Interrupted: SIGTERM"
 
 
 def test_disabled_and_non_primary_processes_do_not_log(exp, monkeypatch):

@@ -205,7 +205,7 @@ def track(
     parent_run_id: str | None = None,
     params: dict | None = None,
 ) -> Iterator[Tracker]:
-    """Open an MLflow run for `command` with `cfg` (a TRCEConfig) as params; end it FINISHED or FAILED.
+    """Open an MLflow run for `command` with `cfg` (a TRCEConfig) as params; end it FINISHED, FAILED or KILLED.
 
     Args:
         cfg: the resolved config; its `tracking` section says where and whether to log.
@@ -245,10 +245,12 @@ def track(
         tracker.log_params({**cfg.model_dump(mode="json"), **(params or {})})
         yield tracker
     except BaseException as err:
+        # Ctrl-C / SIGTERM (interrupts.Interrupted is a KeyboardInterrupt) is a user's stop, not a failure
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
         try:
             tracker.set_tags({"trce.error": f"{type(err).__name__}: {err}"[:5000]})
         finally:
-            client.set_terminated(run.info.run_id, "FAILED")
+            client.set_terminated(run.info.run_id, status)
         raise
     client.set_terminated(run.info.run_id, "FINISHED")
 
