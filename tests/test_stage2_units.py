@@ -226,7 +226,7 @@ def test_lora_file_merges_like_diffusers_loader(tmp_path, tiny_pipe):
             if "lora_B" in n:
                 p.normal_(0, 0.1)  # peft initialises B to 0; make the update non-zero
     path = tmp_path / "stage2.safetensors"
-    save_lora(path, lora_tensors(adapter.denoiser), "unet", 2, 4.0, targets, {})
+    save_lora(path, lora_tensors(dict(adapter.denoiser.named_parameters())), "unet", 2, 4.0, targets, {})
     z, t = torch.randn(1, *adapter.latent_shape()), torch.tensor([500])
     ours, theirs = tiny_sd_pipeline(0), tiny_sd_pipeline(0)
     changed = apply_lora(ours, path)

@@ -75,8 +75,14 @@ def add_parser(sub) -> None:
     g.add_argument("--params", choices=["visual", "kv"], help="parameter set (train.params, default visual)")
     g.add_argument("--lora-rank", type=int, help="train LoRA of this rank on the set (train.lora_rank)")
     g.add_argument("--backend", choices=["ddp", "deepspeed"], help="train.backend (default ddp)")
-    g.add_argument("--zero-stage", type=int, choices=[1, 2], help="DeepSpeed ZeRO stage (train.zero_stage)")
-    g.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="DeepSpeed precision (train.precision)")
+    g.add_argument("--blocks", choices=["default", "encoder", "all"], help="blocks of the set (train.blocks)")
+    g.add_argument("--zero-stage", type=int, choices=[1, 2, 3], help="DeepSpeed ZeRO stage (train.zero_stage)")
+    g.add_argument(
+        "--mixed-precision",
+        "--precision",
+        choices=["no", "bf16", "fp16"],
+        help="GPU mixed precision (train.mixed_precision, default no)",
+    )
     g.add_argument("--num-workers", type=int, help="Ray Train workers; 0 = in this process (train.num_workers)")
     g.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (train.checkpoint_every)")
     g.add_argument("--max-steps", type=int, help="stop after N steps, for smoke runs (train.max_steps)")
@@ -95,7 +101,8 @@ def train_overrides(args: argparse.Namespace) -> dict:
         "lora_rank",
         "backend",
         "zero_stage",
-        "precision",
+        "mixed_precision",
+        "blocks",
         "num_workers",
         "checkpoint_every",
         "max_steps",

@@ -62,11 +62,14 @@ class TrainConfig(Section):
     grad_accum: int = 1  # steps whose gradients add up before one optimizer update
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~1/3 more compute
     params: Literal["visual", "kv"] = "visual"  # visual: self-attn + cross-attn to_q (paper); kv: celebrities (App. E)
+    blocks: Literal["default", "encoder", "all"] = "default"  # which blocks of the set: the family's default, UNet
+    # down blocks only, or all (FLUX: also the single-stream blocks, which mix text and image)
     lora_rank: int | None = None  # LoRA of this rank on the chosen set instead of full fine-tuning (SDXL, DiT)
     lora_alpha: float | None = None  # LoRA scale numerator (default: the rank, i.e. scale 1)
     backend: Literal["ddp", "deepspeed"] = "ddp"
-    zero_stage: Literal[1, 2] = 1  # DeepSpeed ZeRO stage
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"  # DeepSpeed mixed precision (GPU only); DDP trains in fp32
+    zero_stage: Literal[1, 2, 3] = 1  # DeepSpeed ZeRO stage (3 partitions the weights too: a full FLUX visual set)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"  # GPU only: frozen weights and compute in this dtype,
+    # trained weights and optimizer in fp32 (DDP: bf16 autocast; DeepSpeed: its bf16/fp16 engine with loss scaling)
     num_workers: int = 1  # Ray Train workers (data parallel); 0 = Ray Train local mode, in this process (debugging)
     use_gpu: bool | None = None  # None: use GPUs when the cluster has them
     cpus_per_worker: float = 1.0
@@ -83,6 +86,16 @@ class TrainConfig(Section):
 
     _non_negative = field_validator("margin", "lam", "cpus_per_worker", "num_workers", "max_failures")(non_negative)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data):
+        """`precision: fp32|bf16|fp16` (before `mixed_precision`) still reads."""
+        if isinstance(data, dict) and "precision" in data:
+            data = dict(data)
+            old = data.pop("precision")
+            data.setdefault("mixed_precision", "no" if old == "fp32" else old)
+        return data
+
     @model_validator(mode="after")
     def _consistent(self):
         if self.batch_size % max(1, self.num_workers):
@@ -90,10 +103,8 @@ class TrainConfig(Section):
                 f"batch_size ({self.batch_size}) must be a multiple of num_workers ({self.num_workers}) so every "
                 "worker gets the same share of each step"
             )
-        if self.backend == "ddp" and self.precision != "fp32":
-            raise ValueError("mixed precision needs backend: deepspeed; DDP trains in fp32")
-        if self.lora_rank is not None and self.backend == "deepspeed":
-            raise ValueError("LoRA runs with backend: ddp (its few parameters gain nothing from ZeRO)")
+        if self.backend == "ddp" and self.mixed_precision == "fp16":
+            raise ValueError("fp16 needs loss scaling: use backend: deepspeed, or mixed_precision: bf16 with DDP")
         if self.num_workers == 0 and self.backend == "deepspeed":
             raise ValueError("DeepSpeed needs Ray Train workers (num_workers >= 1)")
         return self

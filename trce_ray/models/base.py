@@ -11,6 +11,9 @@ The contract (what stage 1, stage 2's sampler/cache/loss and evaluation may rely
 * **Latents are unpacked** `[B, C, H, W]` everywhere: `latent_shape` gives `(C, H, W)`, samplers draw noise of that
   shape, caches store it, `predict_noise` takes and returns it. FLUX's 2x2 packing, `img_ids` and `txt_ids` (no batch
   dimension) are built inside `predict_noise`, so nothing outside the adapter knows about them.
+* **Trajectories** (stage 2's cache) use `sampling_scheduler(steps, latent_shape)`: DDIM for SD-1.x/2.x (the
+  paper), the pipeline's own scheduler for SDXL, flow matching with the pipeline's sigmas (and FLUX's resolution-
+  dependent shift `mu`) for SD3 and FLUX.
 * **`t` is a float tensor `[B]` in the scheduler's own timestep units**: `scheduler.timesteps` values as the pipeline
   passes them (DDIM/Euler: 0..999; flow matching: sigma * 1000). `predict_noise` converts as the pipeline does (FLUX
   divides by 1000; SD3 and the UNets take it as is). Do not int-truncate flow-matching timesteps.
@@ -138,6 +141,7 @@ class DiffusionAdapter(ABC):
     default_edit_blocks: ClassVar[str] = "all"  # which blocks' edit targets stage 1 uses by default
     singular_hints: ClassVar[dict[int, str]] = {}  # why a stream's stage-1 system is singular by construction
     default_train_blocks: ClassVar[str] = "all"  # stage 2 by default ("all", "encoder", or e.g. FLUX's "double")
+    sampling_scheduler_class: ClassVar[str | None] = None  # stage 2's trajectories: None = the pipeline's own
 
     def __init__(self, pipe):
         self.pipe = pipe
@@ -217,6 +221,19 @@ class DiffusionAdapter(ABC):
     @abstractmethod
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """(channels, h, w) of one unpacked latent at the given image size (default: the pipeline's default size)."""
+
+    def sampling_scheduler(self, steps: int, latent_shape: tuple[int, int, int]):
+        """A fresh scheduler with `steps` timesteps set, as the pipeline sets them, for stage 2's cached trajectories.
+
+        `sampling_scheduler_class` None is the pipeline's own scheduler (SDXL: DDIM or Euler, as shipped); SD-1.x/2.x
+        name DDIM (the paper samples with it). Flow-matching families override this to pass the pipeline's sigmas.
+        """
+        import diffusers
+
+        cls = getattr(diffusers, self.sampling_scheduler_class or type(self.pipe.scheduler).__name__)
+        scheduler = cls.from_config(self.pipe.scheduler.config)
+        scheduler.set_timesteps(steps)
+        return scheduler
 
     def generation_kwargs(self, guidance: float, n_prompts: int = 1) -> dict:
         """Keyword arguments of a pipeline call on `n_prompts` prompts that generates with guidance `guidance`."""

@@ -93,3 +93,36 @@ class DiTAdapter(DiffusionAdapter):
 
     def generation_kwargs(self, guidance: float, n_prompts: int = 1) -> dict:
         return {"guidance_scale": float(guidance), "max_sequence_length": self.max_sequence_length}
+
+    def image_tokens(self, latent_shape: tuple[int, int, int]) -> int:
+        """How many image tokens the transformer sees for one latent (what the resolution-dependent shift reads)."""
+        p = self.denoiser.config.patch_size
+        return (latent_shape[1] // p) * (latent_shape[2] // p)
+
+    def flow_sigmas(self, steps: int) -> list[float] | None:
+        """The sigmas the pipeline passes to `set_timesteps` (None: the scheduler's own spacing, as SD3 does)."""
+        return None
+
+    def sampling_scheduler(self, steps: int, latent_shape: tuple[int, int, int]):
+        """Flow matching exactly as the pipeline sets it: its sigmas, and `mu` from the image token count when the
+        scheduler shifts by resolution (FLUX.1-dev, SD3.5 with dynamic shifting)."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        scheduler = FlowMatchEulerDiscreteScheduler.from_config(self.pipe.scheduler.config)
+        c = scheduler.config
+        kwargs = {}
+        if c.get("use_dynamic_shifting", False):
+            kwargs["mu"] = calculate_shift(
+                self.image_tokens(latent_shape),
+                c.get("base_image_seq_len", 256),
+                c.get("max_image_seq_len", 4096),
+                c.get("base_shift", 0.5),
+                c.get("max_shift", 1.15),
+            )
+        sigmas = None if c.get("use_flow_sigmas", False) else self.flow_sigmas(steps)
+        if sigmas is None:
+            scheduler.set_timesteps(steps, **kwargs)
+        else:
+            scheduler.set_timesteps(sigmas=sigmas, **kwargs)
+        return scheduler

@@ -99,6 +99,14 @@ class FluxAdapter(DiTAdapter):
         )[0]
         return unpack(velocity, h, w)
 
+    def image_tokens(self, latent_shape: tuple[int, int, int]) -> int:
+        return (latent_shape[1] // 2) * (latent_shape[2] // 2)  # one token per 2x2 patch
+
+    def flow_sigmas(self, steps: int) -> list[float]:
+        import numpy as np
+
+        return np.linspace(1.0, 1 / steps, steps).tolist()  # FluxPipeline's own
+
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         f = self.pipe.vae_scale_factor
         default = self.pipe.default_sample_size * f

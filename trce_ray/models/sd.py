@@ -61,6 +61,7 @@ class SDAdapter(DiffusionAdapter):
     pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionImg2ImgPipeline")
     stream_names = ("clip",)
     default_token_roles = {"clip": ("eot",)}  # the paper's choice (Sec. 4.1, Table 4)
+    sampling_scheduler_class = "DDIMScheduler"  # the paper samples stage 2's trajectories with DDIM
 
     @property
     def denoiser(self) -> torch.nn.Module:

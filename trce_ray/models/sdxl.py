@@ -25,6 +25,7 @@ class SDXLAdapter(SDAdapter):
     default_token_roles = {"clip": ("eot",)}  # CLIP is causal: [EoT] summarises the prompt, as in SD-1.4
     default_edit_blocks = "encoder"  # paper appendix F: stage 1 only in the UNet encoder (fewer layers changed)
     default_train_blocks = "all"  # appendix F: stage 2 "basically follows A.3" (all visual layers), with LoRA
+    sampling_scheduler_class = None  # the pipeline's own (EulerDiscrete in SDXL-base-1.0, DDIM in the tiny model)
 
     @torch.no_grad()
     def _encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, TokenSegment]:

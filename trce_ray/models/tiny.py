@@ -195,8 +195,10 @@ def tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
     return pipe
 
 
-def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
-    """FLUX layout: CLIP gives the pooled vector, T5 the tokens read by `context_embedder`; 2x2 latent packing."""
+def tiny_flux_pipeline(seed: int = 0, guidance_embeds: bool = False) -> FluxPipeline:
+    """FLUX layout: CLIP gives the pooled vector, T5 the tokens read by `context_embedder`; 2x2 latent packing.
+
+    `guidance_embeds=True` is FLUX.1-dev's guidance-distilled layout (a guidance embedding beside the timestep)."""
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
         patch_size=1,
@@ -208,6 +210,7 @@ def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
         joint_attention_dim=32,
         pooled_projection_dim=32,
         axes_dims_rope=(4, 4, 8),
+        guidance_embeds=guidance_embeds,
     )
     pipe = FluxPipeline(
         scheduler=FlowMatchEulerDiscreteScheduler(),

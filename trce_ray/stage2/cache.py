@@ -33,7 +33,7 @@ from .plan import MALICIOUS, UNCONDITIONAL, TrajectorySpec, sampling_cost
 from .sampler import TENSOR_COLUMNS
 from .shards import read_shard, shard_meta, write_shard
 
-FORMAT = "trce-ray-trajectories/1"
+FORMAT = "trce-ray-trajectories/2"  # 2: the family's scheduler, float timesteps, the denoiser's own (scaled) input
 LAST_USED = "last_used"
 
 
@@ -44,7 +44,7 @@ def cache_spec(cfg: TRCEConfig, specs: list[TrajectorySpec]) -> dict:
         "format": FORMAT,
         "model": model_fingerprint(cfg.model.path),
         "model_dtype": cfg.model.dtype,
-        "scheduler": "DDIMScheduler",
+        "scheduler": "family",  # the adapter's sampling_scheduler; the model hash covers the scheduler config
         "steps": c.steps,
         "guidance": c.guidance,
         "store_dtype": c.store_dtype,
@@ -230,6 +230,16 @@ def _verified_manifest(path: Path, repair: bool) -> dict | None:
     return None
 
 
+def check_format(cache_dir: Path, manifest: dict) -> None:
+    """Refuse a cache written in another format (older ones stored integer timesteps and always sampled DDIM)."""
+    found = manifest.get("format")
+    if found != FORMAT:
+        raise TRCEError(
+            f"the trajectory cache {cache_dir} has format {found!r}, this trce-ray reads {FORMAT!r}; build a new one "
+            "(rerun `trce-ray cache` or `trce-ray train`; `trce-ray cache prune` removes the old one)"
+        )
+
+
 def _shard_ok(f: Path, entry: dict) -> bool:
     if not f.is_file():
         return False
@@ -345,7 +355,7 @@ class CachedRows:
                 "another plan (rebuild it with the same cache/train settings)"
             ) from None
         out = {k: torch.from_numpy(self.columns[k][rows]).to(dtype) for k in TENSOR_COLUMNS[self.kind]}
-        out["t"] = torch.from_numpy(self.columns["t"][rows].astype(np.int64))
+        out["t"] = torch.from_numpy(self.columns["t"][rows].astype(np.float32))  # exact: float32 schedule values
         return out
 
 
@@ -356,6 +366,7 @@ def load_rows(cache_dir: str | Path, kind: str, items: set[int]) -> CachedRows:
     if not manifest_path.is_file():
         raise TRCEError(f"{cache_dir} is not a complete trajectory cache (no manifest.json); run `trce-ray cache`")
     manifest = json.loads(manifest_path.read_text())
+    check_format(cache_dir, manifest)
     parts: dict[str, list] = {}
     for shard in manifest["shards"]:
         if shard["kind"] != kind or not items.intersection(shard["items"]):

@@ -34,11 +34,11 @@ def add_lora(denoiser: torch.nn.Module, targets: list[str], rank: int, alpha: fl
     return [n for n, p in denoiser.named_parameters() if p.requires_grad]
 
 
-def lora_tensors(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """LoRA weights under peft's adapter-free names (`...to_q.lora_A.weight`)."""
-    from peft.utils import get_peft_model_state_dict
-
-    return {k: v.detach().cpu() for k, v in get_peft_model_state_dict(denoiser).items()}
+def lora_tensors(trained: dict[str, torch.Tensor], adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """LoRA weights under peft's adapter-free names (`...to_q.lora_A.weight`), in fp32, from the trained tensors by
+    parameter name (`...to_q.lora_A.default.weight`; under DeepSpeed the gathered fp32 masters)."""
+    tag = f".{adapter_name}."
+    return {n.replace(tag, "."): v.detach().float().cpu() for n, v in trained.items() if ".lora_" in n}
 
 
 def save_lora(

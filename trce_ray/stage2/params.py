@@ -14,8 +14,8 @@ def select_trainable(adapter: DiffusionAdapter, t: TrainConfig) -> list[str]:
     """
     den = adapter.denoiser
     if t.lora_rank is not None:
-        return add_lora(den, adapter.lora_target_modules(t.params), t.lora_rank, t.lora_alpha)
-    names = adapter.trainable_parameter_names(t.params)
+        return add_lora(den, adapter.lora_target_modules(t.params, t.blocks), t.lora_rank, t.lora_alpha)
+    names = adapter.trainable_parameter_names(t.params, t.blocks)
     den.requires_grad_(False)
     params = dict(den.named_parameters())
     for n in names:

@@ -94,6 +94,25 @@ def _use_gpu(cfg: TRCEConfig) -> bool:
     return ray.cluster_resources().get("GPU", 0) > 0
 
 
+def check_precision(cfg: TRCEConfig) -> None:
+    """Mixed precision is a GPU path: on CPU, bf16 matmuls are slow and DeepSpeed's CPU engine does not train in
+    half precision, so it is refused before anything runs.
+
+    Raises:
+        TRCEError: `train.mixed_precision` is bf16/fp16 and the workers would get no GPU.
+    """
+    mp = cfg.train.mixed_precision
+    if mp == "no":
+        return
+    if cfg.train.use_gpu is None and cfg.train.num_workers > 0:
+        ensure_ray()
+    if not _use_gpu(cfg):
+        raise TRCEError(
+            f"train.mixed_precision {mp} needs GPUs and the training workers get none here; use mixed_precision: no "
+            "on CPU (fp32, also with DeepSpeed ZeRO-2/3)"
+        )
+
+
 def run_stage2(
     cfg: TRCEConfig,
     output: str | Path,
@@ -115,8 +134,7 @@ def run_stage2(
     with hold(output):
         check_output(output, overwrite)
         s1 = check_stage1_dir(cfg, stage1_dir) if stage1_dir is not None else None
-        if cfg.train.precision != "fp32" and cfg.train.use_gpu is False:
-            raise TRCEError(f"train.precision {cfg.train.precision} needs GPUs; use fp32 on CPU")
+        check_precision(cfg)
         plan, specs = plan_for(cfg)
         cache = build_cache(cfg, specs, progress)
         delta_path = s1 / "stage1.safetensors" if s1 else None

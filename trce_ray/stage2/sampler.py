@@ -1,9 +1,12 @@
-"""DDIM sampling with the original model that records, at planned steps, what the stage-2 loss needs.
+"""Sampling with the original model that records, at planned steps, what the stage-2 loss needs.
 
-For a malicious trajectory the guided sampling already evaluates eps(z_t, empty) and eps(z_t, c_m); the only extra
-evaluation is eps(z_t, c_s), and only at recorded steps (at most 1.5x the cost of plain classifier-free sampling).
-Each record pairs z_t with the timestep t that produced the prediction at z_t (the authors' script paired the
-latent after a step with that step's t, i.e. z_{t-1} with t).
+The scheduler is the family's (`adapter.sampling_scheduler`): DDIM for SD-1.x/2.x as in the paper, the pipeline's
+own for SDXL (DDIM or Euler), flow matching with the pipeline's sigmas for SD3 and FLUX. The "eps" columns hold the
+model's native prediction (epsilon, v or flow velocity): Eq. 6-9 are linear in it, so the loss needs no conversion.
+For a malicious trajectory the guided sampling already evaluates f(z_t, empty) and f(z_t, c_m); the only extra
+evaluation is f(z_t, c_s), and only at recorded steps (at most 1.5x the cost of plain classifier-free sampling).
+Each record pairs the denoiser's input z_t (after `scale_model_input`, a no-op except for Euler) with the exact
+timestep it saw, as a float (flow-matching timesteps are sigma * 1000, not integers).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ TENSOR_COLUMNS = {MALICIOUS: ("z", "eps_uncond", "eps_cond", "eps_safe"), "uncon
 
 
 def ddim_scheduler(pipe):
-    """The paper samples with DDIM; built from the pipeline's own noise schedule."""
+    """DDIM on the pipeline's own noise schedule (what SD-1.x/2.x sample stage 2's trajectories with)."""
     from diffusers import DDIMScheduler
 
     return DDIMScheduler.from_config(pipe.scheduler.config)
@@ -77,8 +80,8 @@ def sample_trajectories(
 
 
 def _sample_batch(adapter, specs, steps, guidance, latent_shape, records: Records, counter) -> None:
-    scheduler = ddim_scheduler(adapter.pipe)
-    scheduler.set_timesteps(steps)
+    scheduler = adapter.sampling_scheduler(steps, latent_shape)  # fresh per batch: Euler-type ones keep a step index
+    scale = getattr(scheduler, "scale_model_input", lambda x, t: x)  # flow matching has none
     device, dtype = adapter.device, adapter.dtype
     malicious = specs[0].kind == MALICIOUS
     n = len(specs)
@@ -86,7 +89,7 @@ def _sample_batch(adapter, specs, steps, guidance, latent_shape, records: Record
     if malicious:
         both = adapter.condition([s.prompt for s in specs] + [s.safe_prompt for s in specs]).to(device, dtype)
         cond_m, cond_s = both[:n], both[n:]
-    z = torch.stack([initial_noise(s.seed, latent_shape) for s in specs]) * scheduler.init_noise_sigma
+    z = torch.stack([initial_noise(s.seed, latent_shape) for s in specs]) * getattr(scheduler, "init_noise_sigma", 1.0)
     z = z.to(device, dtype)
     depth = torch.tensor([s.depth for s in specs])
     recorded = [set(s.record) for s in specs]
@@ -94,29 +97,30 @@ def _sample_batch(adapter, specs, steps, guidance, latent_shape, records: Record
         t = scheduler.timesteps[k]
         act = torch.nonzero(depth > k).flatten()
         rec = torch.tensor([i for i in act.tolist() if k in recorded[i]], dtype=torch.long)
-        z_in = scheduler.scale_model_input(z[act], t)
-        z_rec = scheduler.scale_model_input(z[rec], t)
+        z_in = scale(z[act], t)
+        pos = torch.tensor([act.tolist().index(i) for i in rec.tolist()], dtype=torch.long)
+        z_rec = z_in[pos]
         na, nr = len(act), len(rec)
         if malicious:
             parts_z, parts_c = [z_in, z_in, z_rec], [empty[[0] * na], cond_m[act], cond_s[rec]]
         else:
             parts_z, parts_c = [z_in], [empty[[0] * na]]
         batch = torch.cat(parts_z)
-        pred = adapter.predict_noise(batch, t.expand(len(batch)).to(device), Conditioning.cat(parts_c))
+        t_in = torch.full((len(batch),), float(t), dtype=torch.float32, device=device)  # what training passes too
+        pred = adapter.predict_noise(batch, t_in, Conditioning.cat(parts_c))
         if counter is not None:
             counter[0] += len(batch)
         eps_u = pred[:na]
         eps = eps_u + guidance * (pred[na : 2 * na] - eps_u) if malicious else eps_u
         if nr:
-            pos = torch.tensor([act.tolist().index(i) for i in rec.tolist()], dtype=torch.long)
-            cols = {"z": z[rec].float().cpu(), "eps_uncond": eps_u[pos].float().cpu()}
+            cols = {"z": z_rec.float().cpu(), "eps_uncond": eps_u[pos].float().cpu()}
             if malicious:
                 cols["eps_cond"] = pred[na : 2 * na][pos].float().cpu()
                 cols["eps_safe"] = pred[2 * na :].float().cpu()
             records.add(
                 item=np.array([specs[i].index for i in rec.tolist()], dtype=np.int32),
                 step=np.full(nr, k, dtype=np.int16),
-                t=np.full(nr, int(t), dtype=np.int32),
+                t=np.full(nr, float(t), dtype=np.float64),
                 **cols,
             )
         z[act] = scheduler.step(eps, t, z[act]).prev_sample.to(dtype)

@@ -116,15 +116,31 @@ class TrainWorker:
         for name, module in list(pipe.components.items()):  # text encoders and VAE are done: free them
             if isinstance(module, torch.nn.Module) and module is not den:
                 object.__setattr__(pipe, name, None)
-        self.lora_targets = adapter.lora_target_modules(self.t.params)  # before LoRA injection renames weights
+        if self.t.lora_rank is not None:  # before LoRA injection renames weights
+            self.lora_targets = adapter.lora_target_modules(self.t.params, self.t.blocks)
         self.trainable = select_trainable(adapter, self.t)
         params = dict(den.named_parameters())
         self.start = {n: params[n].detach().clone() for n in self.trainable}
+        low = self.compute_dtype
+        if low is not None and self.t.backend == "ddp":  # DeepSpeed casts the module itself
+            for p in den.parameters():
+                if not p.requires_grad:  # frozen weights in bf16; trained ones (and Adam) stay fp32
+                    p.data = p.data.to(low)
         den.to(self.device).eval()  # no dropout anywhere: the step is a deterministic function of the plan
         if self.t.gradient_checkpointing:
             den.enable_gradient_checkpointing()
         self.adapter, self.pipe, self.den = adapter, pipe, den
         return [params[n] for n in self.trainable]
+
+    @property
+    def compute_dtype(self) -> torch.dtype | None:
+        """bf16/fp16 under `train.mixed_precision` (GPU only: the driver refuses it on CPU), else None."""
+        mp = self.t.mixed_precision
+        return (
+            None
+            if mp == "no" or self.device.type == "cpu"
+            else getattr(torch, {"bf16": "bfloat16"}.get(mp, "float16"))
+        )
 
     def _wrap(self, params):
         import ray.train.torch
@@ -137,8 +153,8 @@ class TrainWorker:
                 "train_micro_batch_size_per_gpu": self.t.batch_size // self.world,
                 "gradient_accumulation_steps": self.t.grad_accum,
                 "zero_optimization": {"stage": self.t.zero_stage},
-                "bf16": {"enabled": self.t.precision == "bf16"},
-                "fp16": {"enabled": self.t.precision == "fp16"},
+                "bf16": {"enabled": self.t.mixed_precision == "bf16"},
+                "fp16": {"enabled": self.t.mixed_precision == "fp16"},
                 "zero_allow_untested_optimizer": True,
                 "steps_per_print": 1 << 30,
             }
@@ -222,7 +238,8 @@ class TrainWorker:
             from deepspeed.utils import safe_get_full_fp32_param
 
             params = dict(self.den.named_parameters())
-            full = {n: safe_get_full_fp32_param(params[n]).detach().cpu() for n in self.trainable}  # collective
+            # collective: ZeRO-3 gathers each partitioned weight (its fp32 master) on every rank
+            full = {n: safe_get_full_fp32_param(params[n]).detach().cpu() for n in self.trainable}
         else:
             full = {n: p.detach().cpu() for n, p in self.den.named_parameters() if n in self.start}
         if self.rank != 0:
@@ -231,7 +248,7 @@ class TrainWorker:
         if self.t.lora_rank is not None:
             save_lora(
                 d / DELTA_FILE,
-                lora_tensors(self.den),
+                lora_tensors(full),
                 self.component,
                 self.t.lora_rank,
                 self.t.lora_alpha or self.t.lora_rank,
@@ -251,6 +268,12 @@ class TrainWorker:
         e_item, e_step, p_item, p_step = draws
         cond_m = self.cond[[self.cond_row[int(i)] for i in e_item]]
         empty = self.cond[[self.empty_row]]
+        tc = self.t
+        low = self.compute_dtype if tc.backend == "ddp" else None
+        with torch.autocast(self.device.type, dtype=low) if low is not None else contextlib.nullcontext():
+            return self._loss(cached_draws_loss, cond_m, empty, e_item, e_step, p_item, p_step)
+
+    def _loss(self, cached_draws_loss, cond_m, empty, e_item, e_step, p_item, p_step):
         tc = self.t
         return cached_draws_loss(
             self.routed,
