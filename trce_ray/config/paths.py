@@ -91,7 +91,7 @@ def _resolve_value(key: str, value: Any, base: str) -> Any:
     if key in MAP_FIELDS:
         return {name: absolute(v, base) for name, v in value.items()}
     if key in CONCEPT_LIST_FIELDS:
-        one = MAYBE_PATH_FIELDS[1]  # stage1.concept: a pack name or a names file
+        one = "stage1.concept"  # each item: a pack name or a names file
         return [
             {**v, "names": absolute(v["names"], base)} if isinstance(v, dict) else _resolve_value(one, v, base)
             for v in value
