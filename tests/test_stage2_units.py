@@ -116,6 +116,78 @@ def test_loss_gradient_points_from_unsafe_to_safe():
     assert sq_dist(moved, f_safe) < sq_dist(pred, f_safe)
 
 
+def _ablation_inputs():
+    """One erase draw of 2 elements and one preservation draw, numbers small enough to follow by hand."""
+    f64 = {"dtype": torch.float64}
+    pc = torch.tensor([[[[1.0, 0.0]]]], **f64)  # pred at (z_t^m, c_m)
+    pu = torch.tensor([[[[0.0, 2.0]]]], **f64)  # pred at (z_t^m, empty)
+    pp = torch.tensor([[[[1.0, 1.0]]]], **f64)
+    m = {
+        "eps_uncond": torch.tensor([[[[0.0, 0.0]]]], **f64),
+        "eps_cond": torch.tensor([[[[1.0, 0.0]]]], **f64),
+        "eps_safe": torch.tensor([[[[0.0, 1.0]]]], **f64),
+    }
+    u = {"eps_uncond": torch.tensor([[[[0.0, 3.0]]]], **f64)}
+    return pc, pu, pp, m, u
+
+
+# (switches, L_erase, total) by hand with beta 2, margin 0.25, lambda 10; d(a, b) = mean of the 2 squared differences.
+# GE on:  f_unsafe = 0 + 2 * (1, 0) = (2, 0), f_safe = (0, 2).  GE off: f_unsafe = (1, 0), f_safe = (0, 1).
+# L_preserve = d((1, 1), (0, 3)) = (1 + 4) / 2 = 2.5 always.
+# full:  pc: d(pc, f_safe) = (1 + 4)/2 = 2.5, d(pc, f_unsafe) = (1 + 0)/2 = 0.5 -> max(2.5 - 0.5 + 0.25, 0) = 2.25
+#        pu: d(pu, f_safe) = 0,   d(pu, f_unsafe) = (4 + 4)/2 = 4 -> max(0 - 4 + 0.25, 0) = 0;  L_erase = 1.125
+# no GE: pc: d(pc, (0,1)) = 1, d(pc, (1,0)) = 0 -> 1.25;  pu: d(pu, (0,1)) = 0.5, d(pu, (1,0)) = 2.5 -> 0
+#        L_erase = 0.625
+# no contrast: 0.5 * (d(pc, f_safe) + d(pu, f_safe)) = 0.5 * (2.5 + 0) = 1.25 (GE on); 0.5 * (1 + 0.5) = 0.75 (off)
+ABLATION_ANSWERS = [
+    ({}, 1.125, 1.125 + 25.0),
+    ({"preserve_loss": False}, 1.125, 1.125),
+    ({"guidance_enhance": False}, 0.625, 0.625 + 25.0),
+    ({"erase_contrast": False}, 1.25, 1.25 + 25.0),
+    ({"erase_contrast": False, "guidance_enhance": False}, 0.75, 0.75 + 25.0),
+]
+
+
+@pytest.mark.parametrize("switches,erase,total", ABLATION_ANSWERS)
+def test_loss_ablation_switches_match_hand_computed_values(switches, erase, total):
+    out = stage2_loss(*_ablation_inputs(), beta=2.0, margin=0.25, lam=10.0, **switches)
+    assert out.erase.item() == erase
+    assert out.preserve.item() == 2.5  # reported whether or not it counts
+    assert out.total.item() == total
+
+
+def test_loss_ablations_against_float64_reference():
+    """Each switch on random tensors: no GE equals beta = 1; no contrast is the mean pull toward f_safe (a margin
+    or f_unsafe changes nothing); no L_preserve leaves the gradient of the preservation rows at exactly zero;
+    defaults are bitwise the loss as written before the switches existed."""
+    g = torch.Generator().manual_seed(3)
+    pc, pu, pp = (torch.randn((2, 3, 4, 4), generator=g, dtype=torch.float64) for _ in range(3))
+    m = {
+        k: torch.randn((2, 3, 4, 4), generator=g, dtype=torch.float64) for k in ("eps_uncond", "eps_cond", "eps_safe")
+    }
+    u = {"eps_uncond": torch.randn((2, 3, 4, 4), generator=g, dtype=torch.float64)}
+    m["eps_cond"][0] = pc[0] + 0.01 * m["eps_cond"][0]  # one active hinge at beta 1 (pred near f_unsafe)
+    args = (pc, pu, pp, m, u)
+    no_ge = stage2_loss(*args, beta=15.0, margin=0.01, lam=100.0, guidance_enhance=False)
+    beta1 = stage2_loss(*args, beta=1.0, margin=0.01, lam=100.0)
+    assert no_ge.erase.item() > 0 and no_ge.erase.item() == pytest.approx(beta1.erase.item(), rel=1e-12)
+    f_safe = m["eps_uncond"] + 15.0 * (m["eps_safe"] - m["eps_uncond"])
+    pull = np.mean([((p - f_safe) ** 2).flatten(1).mean(1).numpy() for p in (pc, pu)])
+    for margin in (0.0, 5.0):
+        no_c = stage2_loss(*args, beta=15.0, margin=margin, lam=100.0, erase_contrast=False)
+        assert no_c.erase.item() == pytest.approx(float(pull), rel=1e-12)
+    pc_grad, pp_grad = pc.clone().requires_grad_(True), pp.clone().requires_grad_(True)
+    off = stage2_loss(pc_grad, pu, pp_grad, m, u, beta=15.0, margin=0.01, lam=100.0, preserve_loss=False)
+    off.total.backward()
+    assert pp_grad.grad is None and torch.count_nonzero(pc_grad.grad) > 0
+    assert off.total.item() == off.erase.item() and off.preserve.item() > 0
+    on = stage2_loss(*args, beta=15.0, margin=0.01, lam=100.0)
+    f_unsafe = guided(m["eps_uncond"], m["eps_cond"], 15.0)
+    before = 0.5 * (triplet_hinge(pc, f_safe, f_unsafe, 0.01) + triplet_hinge(pu, f_safe, f_unsafe, 0.01)).mean()
+    before = before + 100.0 * sq_dist(pp, u["eps_uncond"]).mean()  # the loss as written before the switches
+    assert torch.equal(on.total, before) and on.total.item() > off.total.item()
+
+
 # ---- plan ----------------------------------------------------------------------------------------
 def test_plan_draws_each_trajectory_once_per_epoch_at_early_steps(tmp_path, tiny_sd_dir):
     cfg = stage2_config(

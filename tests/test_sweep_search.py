@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from trce_ray.config import load_config
+from trce_ray.config.stage2 import ABLATIONS
 from trce_ray.errors import ConfigError
 from trce_ray.sweep import plan_trials
 from trce_ray.sweep_pareto import best_by_objective, dominates, mark_front, pareto_flags
@@ -175,7 +176,7 @@ def test_random_sweep_marks_the_pareto_front(ray_cluster, tmp_path, capsys):
     assert {"sweep.csv", "pareto.png"} <= {a.path for a in client.list_artifacts(parent.info.run_id)}
 
 
-@pytest.mark.parametrize("name", ["toy-pareto.yaml", "table3-sd14.yaml", "table4-sd14.yaml"])
+@pytest.mark.parametrize("name", ["toy-pareto.yaml", "table3-sd14.yaml", "table4-sd14.yaml", "table5-sd14.yaml"])
 def test_shipped_sweep_configs_plan(name):
     from pathlib import Path
 
@@ -183,6 +184,11 @@ def test_shipped_sweep_configs_plan(name):
     trials = plan_trials(cfg)  # the space, objectives and (for optuna) the sampler are checked here
     if cfg.sweep.search == "optuna":
         assert trials == [] and len(cfg.sweep.objectives) == 3 and cfg.sweep.num_samples == 8
+    elif name == "table5-sd14.yaml":  # the paper's four rows, each switching off one component, then none
+        switches = [tuple(getattr(t.cfg.train, k) for k in ABLATIONS) for t in trials]
+        assert switches == [(True, True, False), (True, False, True), (False, True, True), (True, True, True)]
+        assert cfg.sweep.stages == "text,visual" and len({t.name for t in trials}) == 4
+        assert {t.cfg.stage1.model_dump_json() for t in trials} == {cfg.stage1.model_dump_json()}  # one stage 1
     else:
         assert len(trials) == {"table3-sd14.yaml": 4, "table4-sd14.yaml": 5}[name]
         assert len({t.cfg.stage1.eta for t in trials} | {tuple(t.cfg.stage1.tokens) for t in trials}) >= 4

@@ -46,14 +46,15 @@ def _slug(params: dict) -> str:
 
 
 def grid_trials(cfg: TRCEConfig) -> list[Trial]:
-    """Every combination of `sweep.grid`, each applied to `cfg` and validated; a bad key or value fails here."""
-    grid = cfg.sweep.grid
-    if not grid:
+    """Every `sweep.points` entry crossed with every combination of `sweep.grid`, each applied to `cfg` and
+    validated; a bad key or value fails here."""
+    grid, points = cfg.sweep.grid, cfg.sweep.points or [{}]
+    if not (grid or cfg.sweep.points):
         raise ConfigError("sweep.grid is empty: give at least one --grid FIELD=V1,V2 (e.g. stage1.eta=0.01,0.1)")
     base = cfg.model_dump(mode="json")
     trials = []
-    for i, values in enumerate(itertools.product(*grid.values())):
-        params = dict(zip(grid, values))
+    combos = [{**point, **dict(zip(grid, values))} for point in points for values in itertools.product(*grid.values())]
+    for i, params in enumerate(combos):
         data = deepcopy(base)
         for key, value in params.items():
             set_dotted(data, key, value)
@@ -79,6 +80,8 @@ def plan_trials(cfg: TRCEConfig) -> list[Trial]:
         if cfg.sweep.space:
             raise ConfigError("sweep.space needs sweep.search random or optuna (grid runs sweep.grid's lists)")
         return grid_trials(cfg)
+    if cfg.sweep.points:
+        raise ConfigError("sweep.points needs sweep.search grid (random and optuna draw their points from the space)")
     if cfg.sweep.search == "random":
         return random_trials(cfg)
     from .sweep_search import check_space, optuna_search
@@ -231,6 +234,7 @@ class SweepResult:
     best: dict | None
     ties: list[str] = field(default_factory=list)  # trials equal to the best on the metric and every tie-breaker
     breakers: list[str] = field(default_factory=list)  # metrics that broke a tie on the metric
+    picked: dict | None = None  # sweep.json's `picked` when `sweep.pick` is set (trce_ray/sweep_pick.py)
 
 
 def _collect(trials: list[Trial], root: Path, errors: dict[str, str]) -> list[dict]:
@@ -389,18 +393,56 @@ def run_sweep(
     if out.exists() and overwrite and not resume:
         shutil.rmtree(out)
     recorded = out / "sweep_config.yaml"
-    if resume and recorded.is_file() and recorded.read_text() != cfg.to_yaml():
+    if resume and recorded.is_file() and _trial_settings(recorded.read_text()) != _trial_settings(cfg.to_yaml()):
         raise TRCEError(f"{out} holds a sweep with another config; its finished trials do not apply (use --overwrite)")
+    if cfg.sweep.register_as and not (cfg.tracking.enabled and cfg.sweep.pick):
+        raise ConfigError("sweep.register_as needs sweep.pick (--pick RULE) and MLflow tracking to register the pick")
     out.mkdir(parents=True, exist_ok=True)
     recorded.write_text(cfg.to_yaml())
 
-    from .evaluation.dataflow import ensure_ray
+    finished = _finished_summary(cfg, trials, out) if resume else None
+    if finished is not None:  # nothing to run: summarise (and pick) what the folder holds
+        print(f"sweep: every trial in {out} is finished; nothing to run")
+        result = SweepResult(out, finished["rows"], *rank(finished["rows"], cfg.sweep.metric, cfg.sweep.mode))
+        parent_run_id = finished.get("mlflow_run_id")
+    else:
+        from .evaluation.dataflow import ensure_ray
+        from .tracking import track
 
-    ensure_ray()
-    from .tracking import track
+        ensure_ray()
+        with track(cfg, "sweep", run_name=f"sweep {out.name}", tags={"trce.sweep": out.name}) as parent:
+            result = _fit(cfg, trials, out, parent, progress)
+        parent_run_id = parent.run_id
+    if cfg.sweep.pick:  # after the sweep's run ended: a rule no trial meets fails the command, not the sweep
+        from .sweep_pick import apply_pick
 
-    with track(cfg, "sweep", run_name=f"sweep {out.name}", tags={"trce.sweep": out.name}) as parent:
-        return _fit(cfg, trials, out, parent, progress)
+        result.picked = apply_pick(cfg, out, result.rows, parent_run_id, progress)
+    return result
+
+
+def _trial_settings(config_yaml: str) -> dict:
+    """A recorded sweep config less what only picks among finished trials (`sweep.pick`, `sweep.register_as`)."""
+    import yaml
+
+    data = yaml.safe_load(config_yaml)
+    data.get("sweep", {}).update(pick=None, register_as=None)
+    return data
+
+
+def _finished_summary(cfg: TRCEConfig, trials: list[Trial], out: Path) -> dict | None:
+    """sweep.json of a sweep in `out` whose trials all finished (grid/random: every planned trial; optuna: the
+    sampled number), else None (the trials still to run)."""
+    summary_file = out / "sweep.json"
+    if not summary_file.is_file():
+        return None
+    summary = json.loads(summary_file.read_text())
+    rows = summary.get("rows", [])
+    names = {r["trial"] for r in rows if not r.get("error")}
+    planned = {t.name for t in trials}
+    done = names == planned and all((out / TRIALS_DIR / n / METRICS_FILE).is_file() for n in names)
+    if not trials:  # optuna: the points are asked live, so the count tells
+        done = len(names) == len(rows) >= cfg.sweep.num_samples
+    return summary if done else None
 
 
 def ray_resources() -> dict[str, float]:
@@ -475,13 +517,23 @@ def summarise_sweep(cfg: TRCEConfig, trials: list[Trial], rows: list[dict], out:
 
     rows, summary = summarise(cfg, rows, trials, out)
     write_table(rows, out)
-    swept = cfg.sweep.grid if cfg.sweep.search == "grid" else {next(iter(trials[0].params)): []} if trials else {}
+    swept = cfg.sweep.grid if cfg.sweep.search == "grid" and not cfg.sweep.points else {}
+    if not swept and trials:  # drawn or listed points: each metric against the first field, no lines per other
+        swept = {next(iter(trials[0].params)): []}
     if swept:
         write_plot(rows, swept, plot_metrics(cfg), out / "sweep.png")
     best, ties, breakers = rank(rows, cfg.sweep.metric, cfg.sweep.mode)
     write_json(
         out / "sweep.json",
-        {"rows": rows, "best": best, "ties": ties, "metric": cfg.sweep.metric, "mode": cfg.sweep.mode, **summary},
+        {
+            "rows": rows,
+            "best": best,
+            "ties": ties,
+            "metric": cfg.sweep.metric,
+            "mode": cfg.sweep.mode,
+            **summary,
+            "mlflow_run_id": parent.run_id,  # the sweep's run, which a later --pick tags
+        },
     )
     from .sweep_tracking import log_parent
 

@@ -257,6 +257,7 @@ def track(
 
 def lineage(cfg, erase_dir: str | Path) -> dict[str, str]:
     """What an erased model was made from: base model, concept pack or prompt files, eta/beta/lambda, stages."""
+    from .config.stage2 import ABLATIONS
     from .models.erased import ARTIFACT_ORDER
 
     folder = Path(erase_dir)
@@ -270,6 +271,9 @@ def lineage(cfg, erase_dir: str | Path) -> dict[str, str]:
     if "stage2" in stages:
         out["trce.beta"] = str(cfg.train.beta)
         out["trce.lambda"] = str(cfg.train.lam)
+        off = [k for k in ABLATIONS if not getattr(cfg.train, k)]
+        if off:  # a Table 5 ablation: which stage-2 components were switched off
+            out["trce.stage2_off"] = ",".join(off)
     return out
 
 

@@ -15,6 +15,8 @@ EXAMPLES = """examples:
       --grid "stage1.tokens=[eot];[eot,key]" --suite sexual --data-dir /data/trce --metric adv_asr \\
       --max-concurrent 4 --output /mnt/shared/sweeps/eta        # paper Tables 3-4 on a GPU cluster
   trce-ray sweep ... --resume       # continue a killed sweep: finished trials are kept
+  trce-ray sweep ... --resume --pick "min toy/direct where toy/preservation >= original - 0.05" \
+      --register toy-red-erased   # a finished sweep: pick (and register) without running any trial again
 """
 
 
@@ -75,6 +77,14 @@ def add_parser(sub) -> None:
     )
     g.add_argument("--max-concurrent", type=int, help="trials at once (sweep.max_concurrent, default 1)")
     g.add_argument("--resume", action="store_true", help="continue the sweep in --output, keeping finished trials")
+    g.add_argument(
+        "--pick",
+        metavar="RULE",
+        help="choose one trial (sweep.pick), e.g. 'min toy/direct where toy/preservation >= original - 0.05'",
+    )
+    g.add_argument(
+        "--register", metavar="NAME", help="register the picked model in MLflow as NAME (sweep.register_as)"
+    )
     p.set_defaults(run=run)
 
 
@@ -92,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         "sweep.metric": args.metric,
         "sweep.mode": args.mode,
         "sweep.max_concurrent": args.max_concurrent,
+        "sweep.pick": args.pick,
+        "sweep.register_as": args.register,
         "eval.suite": args.suite,
         "eval.sets": args.eval_sets,
         "eval.data_dir": args.data_dir,
@@ -127,5 +139,12 @@ def run(args: argparse.Namespace) -> int:
         for r in result.rows:
             if r["error"]:
                 print(f"  {r['trial']}: {r['error']}")
+    if result.picked:
+        p = result.picked
+        tied = f"; tied with {', '.join(t for t in p['ties'] if t != p['trial'])}" if p["ties"] else ""
+        print(f"picked by {p['rule']!r}: {p['trial']} ({p['value']:.4g}{tied})")
+        if "registered" in p:
+            reg = p["registered"]
+            print(f"registered {p['trial']}'s erased model as {reg['name']} version {reg['version']}")
     print(f"wrote {result.output}/sweep.csv, sweep.md, sweep.png and trials/<name>/ (erase + eval per trial)")
     return 0

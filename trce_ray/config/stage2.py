@@ -51,10 +51,17 @@ class CacheConfig(Section):
         return max(1, round(self.steps * self.keep_fraction))
 
 
+ABLATIONS = ("preserve_loss", "erase_contrast", "guidance_enhance")  # TrainConfig's Table 5 switches
+
+
 class TrainConfig(Section):
     beta: float = 15.0  # guidance enhancement scale of f_safe / f_unsafe (Eq. 6/7)
     margin: float = 0.01  # triplet margin (Eq. 8), on per-element mean squared distances as in the authors' code
     lam: float = 100.0  # weight of L_preserve (Eq. 9)
+    # Paper Table 5's ablations (trce_ray/stage2/loss.py), all on by default:
+    preserve_loss: bool = True  # false: no L_preserve in the total (still computed and reported)
+    erase_contrast: bool = True  # false: L_erase only pulls toward f_safe (no unsafe term of the triplet, no margin)
+    guidance_enhance: bool = True  # false: f_safe/f_unsafe are the plain conditional predictions (beta = 1)
     lr: float = 1e-6  # Adam learning rate
     epochs: int = 3  # passes over the malicious trajectories
     batch_size: int = 1  # malicious draws per step, summed over workers (authors' code: 1)

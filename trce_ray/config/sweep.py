@@ -25,6 +25,10 @@ def _swept_key(key: str) -> None:
 
 class SweepConfig(Section):
     grid: dict[str, list[Any]] = Field(default_factory=dict)  # dotted config field -> values; all combinations run
+    points: list[dict[str, Any]] = Field(default_factory=list)  # explicit points (field -> value each), crossed
+    # with `grid` (search grid only): rows of an ablation table that a full grid would multiply (Table 5)
+    pick: str | None = None  # rule choosing one trial: "min toy/direct where toy/preservation >= original - 0.05"
+    register_as: str | None = None  # register the picked trial's erased model under this MLflow registry name
     search: Literal["grid", "random", "optuna"] = "grid"  # grid: every combination; random/optuna: num_samples points
     num_samples: int = 8  # trials of a random or optuna search
     space: dict[str, dict[str, list[Any]]] = Field(default_factory=dict)  # field -> {loguniform|uniform|choice: [..]}
@@ -45,6 +49,25 @@ class SweepConfig(Section):
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid entry {key!r} needs a non-empty list of values")
             _swept_key(key)
+        return v
+
+    @field_validator("points")
+    @classmethod
+    def _points(cls, v):
+        for point in v:
+            if not point:
+                raise ValueError("every sweep.points entry needs at least one field: value")
+            for key in point:
+                _swept_key(key)
+        return v
+
+    @field_validator("pick")
+    @classmethod
+    def _pick(cls, v):
+        if v is not None:
+            from ..sweep_pick import parse_rule
+
+            parse_rule(v)  # a malformed rule fails before any trial runs
         return v
 
     @field_validator("space")

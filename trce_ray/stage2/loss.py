@@ -2,6 +2,16 @@
 
 Squared distances are per-element means (||a - b||^2 / numel), as in the authors' code (`F.mse_loss(...).mean`
 over C, H, W); that is the scale on which margin = 0.01 and lambda = 100 were tuned.
+
+Paper Table 5's ablations are three switches (`train.preserve_loss`, `train.erase_contrast`,
+`train.guidance_enhance`), all on by default; with all on the loss is computed exactly as before they existed.
+Off, they drop one component each:
+
+- `preserve_loss: false`: total = L_erase (L_preserve is still computed and reported, with no weight);
+- `erase_contrast: false`: L_erase = d(pred, f_safe), a plain pull toward the safe prediction without the
+  unsafe term or the margin ("safe guidance alignment" in the paper);
+- `guidance_enhance: false`: f_unsafe = eps(z, c_m), f_safe = eps(z, c_s), the cached conditional predictions
+  themselves (beta = 1 in Eq. 6/7).
 """
 
 from __future__ import annotations
@@ -44,8 +54,12 @@ def stage2_loss(
     beta: float,
     margin: float,
     lam: float,
+    *,
+    preserve_loss: bool = True,
+    erase_contrast: bool = True,
+    guidance_enhance: bool = True,
 ) -> Stage2Loss:
-    """L_erase + lambda * L_preserve.
+    """L_erase + lambda * L_preserve, less the components switched off (module docstring, paper Table 5).
 
     Args:
         pred_cond: trained model at (z_t^m, c_m, t), [B, C, H, W].
@@ -54,16 +68,20 @@ def stage2_loss(
         cached_m: original model's eps_uncond, eps_cond, eps_safe at z_t^m (from the cache).
         cached_u: original model's eps_uncond at z_t^u (from the cache).
     """
-    f_unsafe = guided(cached_m["eps_uncond"], cached_m["eps_cond"], beta)
-    f_safe = guided(cached_m["eps_uncond"], cached_m["eps_safe"], beta)
-    erase = (
-        0.5
-        * (
-            triplet_hinge(pred_cond, f_safe, f_unsafe, margin) + triplet_hinge(pred_uncond, f_safe, f_unsafe, margin)
-        ).mean()
-    )
+    if guidance_enhance:
+        f_unsafe = guided(cached_m["eps_uncond"], cached_m["eps_cond"], beta)
+        f_safe = guided(cached_m["eps_uncond"], cached_m["eps_safe"], beta)
+    else:
+        f_unsafe, f_safe = cached_m["eps_cond"], cached_m["eps_safe"]
+    if erase_contrast:
+        per_sample = triplet_hinge(pred_cond, f_safe, f_unsafe, margin) + triplet_hinge(
+            pred_uncond, f_safe, f_unsafe, margin
+        )
+    else:
+        per_sample = sq_dist(pred_cond, f_safe) + sq_dist(pred_uncond, f_safe)
+    erase = 0.5 * per_sample.mean()
     preserve = sq_dist(pred_preserve, cached_u["eps_uncond"]).mean()
-    return Stage2Loss(erase + lam * preserve, erase, preserve)
+    return Stage2Loss(erase + lam * preserve if preserve_loss else erase, erase, preserve)
 
 
 def cached_draws_loss(
@@ -75,6 +93,7 @@ def cached_draws_loss(
     beta: float,
     margin: float,
     lam: float,
+    **switches: bool,
 ) -> Stage2Loss:
     """The loss of one batch of cached draws: ONE forward of the trained denoiser over
     [z_t^m with c_m | z_t^m with empty | z_t^u with empty], i.e. 2 + R rows per erase draw and no reference model.
@@ -83,6 +102,7 @@ def cached_draws_loss(
         adapter: the trained model (its `predict_noise` may run through a DDP/DeepSpeed wrapper).
         cond_m: c_m of each erase draw; empty: the one-row empty-prompt conditioning.
         m, u: cached records of the erase and preservation draws (z, t, eps_* as in `CachedRows.gather`).
+        switches: `stage2_loss`'s ablation switches (preserve_loss, erase_contrast, guidance_enhance).
     """
     device, dtype = adapter.device, adapter.dtype
     nm, nu = len(m["z"]), len(u["z"])
@@ -100,4 +120,5 @@ def cached_draws_loss(
         beta,
         margin,
         lam,
+        **switches,
     )

@@ -17,6 +17,7 @@ import yaml
 
 from ..artifacts import atomic_dir, check_output, delta_metadata, load_delta, write_json
 from ..config import TRCEConfig
+from ..config.stage2 import ABLATIONS
 from ..errors import TRCEError
 from ..interrupts import handlers_installed, keep
 from ..locks import hold
@@ -139,6 +140,7 @@ def run_stage2(
         cache = build_cache(cfg, specs, progress)
         delta_path = s1 / "stage1.safetensors" if s1 else None
         operational = {"max_failures", "storage", "checkpoint_every", "cpus_per_worker"}  # do not change weights
+        operational |= {k for k in ABLATIONS if getattr(cfg.train, k)}  # on (default): the job ids of before
         job_id = hashlib.sha256(
             json.dumps(
                 {

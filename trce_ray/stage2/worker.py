@@ -284,6 +284,9 @@ class TrainWorker:
             tc.beta,
             tc.margin,
             tc.lam,
+            preserve_loss=tc.preserve_loss,
+            erase_contrast=tc.erase_contrast,
+            guidance_enhance=tc.guidance_enhance,
         )
 
     def _mean_over_workers(self, values: list[float]) -> list[float]:
