@@ -9,7 +9,7 @@ from trce_ray.cli import main
 from trce_ray.cli.sweep import parse_grid_item
 from trce_ray.config import load_config
 from trce_ray.errors import ConfigError
-from trce_ray.sweep import grid_trials
+from trce_ray.sweep import grid_trials, plan_trials
 from trce_ray.toy.packs import preserve_file
 
 
@@ -27,6 +27,34 @@ def test_grid_expands_every_combination_with_validated_configs():
     ]
     assert trials[3].cfg.stage1.eta == 1.0 and trials[3].cfg.stage1.tokens == ["eot", "key"]
     assert trials[0].cfg.model.path == "toy"
+
+
+def test_points_run_as_listed_and_cross_the_grid():
+    """sweep.points: each listed point once (Table 5's rows, not the 8 of a full grid), crossed with sweep.grid."""
+    points = [{"train.lam": 0.0, "train.beta": 2.0}, {"train.lam": 5.0}]
+    base = {"model.path": "toy", "stage1.concept": "toy-red", "sweep.points": points}
+    trials = grid_trials(load_config(None, {**base, "sweep.grid": {"stage1.eta": [0.1, 1.0]}}))
+    assert [t.name for t in trials] == [
+        "t00-lam=0.0,beta=2.0,eta=0.1",
+        "t01-lam=0.0,beta=2.0,eta=1.0",
+        "t02-lam=5.0,eta=0.1",
+        "t03-lam=5.0,eta=1.0",
+    ]
+    assert [(t.cfg.train.lam, t.cfg.train.beta, t.cfg.stage1.eta) for t in trials] == [
+        (0.0, 2.0, 0.1),
+        (0.0, 2.0, 1.0),
+        (5.0, 15.0, 0.1),
+        (5.0, 15.0, 1.0),
+    ]
+    assert len(grid_trials(load_config(None, base))) == 2
+    with pytest.raises(ConfigError, match="sweep.points needs sweep.search grid"):
+        plan_trials(
+            load_config(None, {**base, "sweep.search": "random", "sweep.space": {"stage1.eta": {"choice": [1]}}})
+        )
+    with pytest.raises(ConfigError, match="train.lamb"):
+        grid_trials(load_config(None, {**base, "sweep.points": [{"train.lamb": 1}]}))
+    with pytest.raises(ConfigError, match="needs at least one field"):
+        load_config(None, {**base, "sweep.points": [{}]})
 
 
 @pytest.mark.parametrize(
@@ -118,6 +146,33 @@ def test_sweep_runs_each_point_summarises_logs_and_resumes(ray_cluster, tmp_path
     before = marker.stat().st_mtime_ns
     assert _sweep(out, tracking, "--resume") == 0
     assert marker.stat().st_mtime_ns == before
+
+    # Resumed when finished, with a pick rule: no trial runs again; the original model is evaluated once (it draws
+    # red: toy/direct well above the erased trials'), the rule picks, and the pick is registered from its trial's run.
+    rule = "min toy/direct where toy/preservation >= original - 0.5"
+    capsys.readouterr()
+    assert _sweep(out, tracking, "--resume", "--pick", rule, "--register", "toy-red-erased") == 0
+    assert marker.stat().st_mtime_ns == before
+    summary = json.loads((out / "sweep.json").read_text())
+    original = summary["original"]
+    assert original["toy/direct"] >= 0.75 and original["toy/preservation"] >= 0.5
+    meets = [r for r in rows.values() if float(r["toy/preservation"]) >= original["toy/preservation"] - 0.5]
+    expected = min(meets, key=lambda r: (float(r["toy/direct"]), -float(r["toy/preservation"])))["trial"]
+    picked = summary["picked"]
+    assert (picked["trial"], picked["rule"], picked["registered"]["version"]) == (expected, rule, "1")
+    assert f"picked by {rule!r}: {expected}" in capsys.readouterr().out
+    runs = client.search_runs([client.get_experiment_by_name("trce-ray").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("trce.command") == "sweep"]  # no resume opened another
+    assert parent.data.tags["trce.picked"] == expected and parent.data.tags["trce.registered"] == "toy-red-erased/1"
+    version = client.get_model_version("toy-red-erased", "1")
+    assert client.get_run(version.run_id).info.run_name == expected
+    assert {a.path for a in client.list_artifacts(version.run_id, "erased_model")} >= {
+        "erased_model/stage1.safetensors"
+    }
+    # a rule no trial meets is one sentence, and the pick before it stays
+    assert _sweep(out, tracking, "--resume", "--pick", "min toy/direct where toy/preservation > 1") == 2
+    assert "no trial meets the pick rule" in capsys.readouterr().err
+    assert json.loads((out / "sweep.json").read_text())["picked"]["trial"] == expected
 
 
 def test_bad_eval_set_fails_before_anything_is_written(tmp_path, capsys):

@@ -157,7 +157,7 @@ def test_pick_registers_the_trials_erase_folder_and_tags_the_sweep(tmp_path, mon
     again = load_config(None, {**base, "sweep.pick": "max toy/preservation", "sweep.register_as": "toy-red-erased"})
     assert apply_pick(again, out, ROWS, parent.run_id, progress=False)["registered"]["version"] == "2"
     strict = load_config(None, {**base, "sweep.pick": "max toy/preservation where toy/direct < 0"})
-    with pytest.raises(TRCEError, match="no trial meets"):
+    with pytest.raises(TRCEError, match="no trial meets .*; the sweep.s results are in .*sweep.csv$"):
         apply_pick(strict, out, ROWS, parent.run_id, progress=False)
     assert json.loads((out / "sweep.json").read_text())["picked"]["trial"] == "C"
     assert client.get_run(parent.run_id).data.tags["trce.picked"] == "C"

@@ -233,7 +233,10 @@ def apply_pick(cfg, out: Path, rows: list[dict], parent_run_id: str | None, prog
 
     rule = parse_rule(cfg.sweep.pick)
     original = original_metrics(cfg, out, progress) if rule.needs_original else None
-    entry = pick(rows, rule, original).as_json()
+    try:
+        entry = pick(rows, rule, original).as_json()
+    except TRCEError as err:
+        raise TRCEError(f"{err}; the sweep's results are in {out / 'sweep.csv'}") from None
     tracked = cfg.tracking.enabled and parent_run_id
     if cfg.sweep.register_as:
         if not tracked:

@@ -83,7 +83,11 @@ def add_parser(sub) -> None:
         help="choose one trial (sweep.pick), e.g. 'min toy/direct where toy/preservation >= original - 0.05'",
     )
     g.add_argument(
-        "--register", metavar="NAME", help="register the picked model in MLflow as NAME (sweep.register_as)"
+        "--register",
+        "--register-model",
+        dest="register",
+        metavar="NAME",
+        help="register the picked trial's erased model in MLflow as NAME (sweep.register_as)",
     )
     p.set_defaults(run=run)
 
