@@ -15,7 +15,7 @@ EXAMPLES = """examples:
       --grid "stage1.tokens=[eot];[eot,key]" --suite sexual --data-dir /data/trce --metric adv_asr \\
       --max-concurrent 4 --output /mnt/shared/sweeps/eta        # paper Tables 3-4 on a GPU cluster
   trce-ray sweep ... --resume       # continue a killed sweep: finished trials are kept
-  trce-ray sweep ... --resume --pick "min toy/direct where toy/preservation >= original - 0.05" \
+  trce-ray sweep ... --resume --pick "min toy/direct where toy/preservation >= original - 0.05" \\
       --register toy-red-erased   # a finished sweep: pick (and register) without running any trial again
 """
 
