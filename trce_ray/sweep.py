@@ -366,10 +366,11 @@ def error_sentence(err: BaseException) -> str:
     seen, cause = set(), err
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        if isinstance(cause, TRCEError):
+        inner = getattr(cause, "cause", None)  # Ray's wrapper (itself a TRCEError subclass when ray.get re-raises)
+        if isinstance(cause, TRCEError) and not isinstance(inner, BaseException):
             text = str(cause).strip()
             return text.splitlines()[0] if text else type(cause).__name__
-        cause = getattr(cause, "cause", None) or cause.__cause__
+        cause = inner or cause.__cause__
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     exc_lines = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b[^:]*: \S", line)]
     return (exc_lines or lines or [type(err).__name__])[-1]
