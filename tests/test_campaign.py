@@ -4,6 +4,7 @@ runs each erasure as a Ray task (one failing on purpose), summarises, nests MLfl
 import csv
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -157,3 +158,52 @@ def test_campaign_runs_erasures_as_tasks_reports_failures_and_resumes(ray_cluste
     runs = client.search_runs([client.get_experiment_by_name("trce-ray").experiment_id])
     statuses = sorted(r.info.status for r in runs if r.data.tags.get("trce.command") == "campaign")
     assert statuses == ["FAILED", "FINISHED", "FINISHED"]
+
+
+def test_error_sentence_reads_through_ray_get_wrapper():
+    """ray.get re-raises a task's TRCEError as a class deriving from both RayTaskError and TRCEError, whose text is
+    Ray's traceback; the row gets the task's own sentence."""
+    from ray.exceptions import RayTaskError
+
+    from trce_ray.errors import TRCEError
+    from trce_ray.sweep import error_sentence
+
+    inner = TRCEError("token role 't5:last' names the t5 segment")
+    wrapped = RayTaskError("campaign bad", "Traceback (most recent call last):\n  ...", inner).as_instanceof_cause()
+    assert isinstance(wrapped, TRCEError) and str(wrapped).splitlines()[0] != str(inner)
+    assert error_sentence(wrapped) == str(inner)
+
+
+def test_erasure_the_cluster_cannot_hold_is_refused_by_name():
+    from trce_ray.campaign import entry_erasure
+    from trce_ray.campaign_run import peaks
+    from trce_ray.errors import ConfigError
+
+    entry = {**RED, "set": {"model.path": "toy", "stage1.num_cpus": 0.5, "eval.cpus_per_actor": 0.5}}
+    e = entry_erasure(entry, {}, Path("/tmp/out"), {"tracking.enabled": False})
+    # its task (0.5) + generation (0.5) and scoring (1, the default) actors
+    assert peaks([e], {"CPU": 2.0}) == {"red": {"CPU": 2.0, "GPU": 0.0}}
+    with pytest.raises(ConfigError, match="campaign entry 'red' needs 2 CPU at its peak .* the cluster has 1.5"):
+        peaks([e], {"CPU": 1.5})
+
+
+def test_runs_of_erasures_whose_worker_died_end_failed(tmp_path):
+    """A task killed with its worker never ends its run; the campaign ends it FAILED with the error sentence."""
+    import mlflow
+
+    from trce_ray.campaign_run import end_lost_runs
+    from trce_ray.config import load_config
+    from trce_ray.tracking import track
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cfg = load_config(None, {"model.path": "toy", "tracking.uri": uri})
+    with track(cfg, "campaign") as parent:
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_run(parent.run_id).info.experiment_id
+        tags = {"mlflow.parentRunId": parent.run_id}
+        lost = client.create_run(experiment, tags={**tags, "trce.erasure": "lost"}).info.run_id
+        alive = client.create_run(experiment, tags={**tags, "trce.erasure": "alive"}).info.run_id
+        assert end_lost_runs(parent, {"lost": "the worker died"}) == ["lost"]
+    assert client.get_run(lost).info.status == "FAILED"
+    assert client.get_run(lost).data.tags["trce.error"] == "the worker died"
+    assert client.get_run(alive).info.status == "RUNNING"

@@ -147,6 +147,24 @@ def summary_rows(erasures: list[Erasure], root: Path, kept: set[str], errors: di
     return rows
 
 
+def end_lost_runs(parent, errors: dict[str, str]) -> list[str]:
+    """End FAILED the runs of failed erasures still RUNNING (a task whose worker died never ended its own run);
+    returns their erasure names."""
+    if not parent.active or not errors:
+        return []
+    client = parent.client
+    experiment = client.get_run(parent.run_id).info.experiment_id
+    query = f"tags.`mlflow.parentRunId` = '{parent.run_id}' and attributes.status = 'RUNNING'"
+    ended = []
+    for run in client.search_runs([experiment], query):
+        name = run.data.tags.get("trce.erasure")
+        if name in errors:
+            client.set_tag(run.info.run_id, "trce.error", errors[name])
+            client.set_terminated(run.info.run_id, "FAILED")
+            ended.append(name)
+    return ended
+
+
 def log_campaign(parent, rows: list[dict], out: Path) -> None:
     statuses = [r["status"] for r in rows]
     parent.log_metrics({f"erasures/{s}": statuses.count(s) for s in ("finished", "failed", "kept")})
@@ -180,6 +198,7 @@ def run_campaign(cfg, resume: bool = False, overwrite: bool = False, progress: b
     bar = tqdm(total=len(erasures), initial=len(kept), desc="campaign", unit="erasure", disable=not progress)
     with track(cfg, "campaign", run_name=f"campaign {out.name}", tags={"trce.campaign": out.name}) as parent, bar:
         errors = run_tasks(todo, out, parent.run_id, cfg.max_concurrent, bar) if todo else {}
+        end_lost_runs(parent, errors)
         rows = summary_rows(erasures, out, kept, errors)
         write_table(rows, out, SUMMARY_STEM)
         log_campaign(parent, rows, out)
