@@ -207,3 +207,18 @@ def test_runs_of_erasures_whose_worker_died_end_failed(tmp_path):
     assert client.get_run(lost).info.status == "FAILED"
     assert client.get_run(lost).data.tags["trce.error"] == "the worker died"
     assert client.get_run(alive).info.status == "RUNNING"
+
+
+def test_shipped_toy_campaign_plans_three_erasures(tmp_path, monkeypatch):
+    from trce_ray.campaign import plan_campaign
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # its preservation prompt files are repository paths, resolved where the command runs
+    shipped = root / "jobs" / "configs" / "toy-campaign.yaml"
+    plan = plan_campaign(shipped, tmp_path / "out", {"tracking.enabled": False})
+    assert [(e.name, e.stages) for e in plan] == [("red", ("text",)), ("green", ("text",)), ("red-green", ("text",))]
+    red, green, joint = (e.cfg for e in plan)
+    assert joint.stage1.concepts == ["toy-red", "toy-green"] and green.eval.toy_target == "green"
+    assert red.stage1.preserve_prompts == str(root / "trce_ray" / "toy" / "prompts" / "preserve-red.txt")
+    assert red.stage1.eta == 1.0 and red.output == str(tmp_path / "out" / "red") and not red.tracking.enabled
+    assert not (tmp_path / "out").exists()
