@@ -140,14 +140,18 @@ def eval_config(cfg: TRCEConfig, erase_dir: Path, image_dir: Path) -> TRCEConfig
     return validate(TRCEConfig, data)
 
 
-def run_trial_folder(trial: Trial, root: Path, stages: tuple[str, ...], tracker=None) -> dict:
+def run_trial_folder(
+    trial: Trial, root: Path, stages: tuple[str, ...], tracker=None, shared: Path | None = None
+) -> dict:
     """Erase and evaluate one grid point into `root/<trial.name>`; reuse it when it is already complete.
-    `tracker` (the trial's MLflow run) gets the evaluation's metrics, grids and tables as they are written."""
+    `tracker` (the trial's MLflow run) gets the evaluation's metrics, grids and tables as they are written; `shared`
+    (default: `root`'s parent, the sweep's folder) holds the work trials share (stage-1 results, the image cache)."""
     from .evaluation.runner import run_eval
     from .models.erased import is_erase_output
     from .tracking import NULL_TRACKER
 
     folder = root / trial.name
+    shared = root.parent if shared is None else shared
     done = folder / METRICS_FILE
     if done.is_file():
         return json.loads(done.read_text())
@@ -157,10 +161,10 @@ def run_trial_folder(trial: Trial, root: Path, stages: tuple[str, ...], tracker=
         from .sweep_sharing import place_stage1
         from .workflow import run_erasure
 
-        placed = place_stage1(trial.cfg, root.parent, erase_dir, stages)  # one stage 1 per distinct setting
+        placed = place_stage1(trial.cfg, shared, erase_dir, stages)  # one stage 1 per distinct setting
         if not (placed and stages == ("text",)):
             run_erasure(trial.cfg, erase_dir, stages, overwrite=True, progress=False)
-    ecfg = eval_config(trial.cfg, erase_dir, root.parent / "images")
+    ecfg = eval_config(trial.cfg, erase_dir, shared / "images")
     result = run_eval(ecfg, folder / "eval", overwrite=True, tracker=tracker or NULL_TRACKER, progress=False)
     metrics = {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))}
     write_json(done, metrics)
@@ -293,9 +297,11 @@ def rank(rows: list[dict], metric: str | None, mode: str) -> tuple[dict | None, 
     return ordered[0], ties, [breakers[i - 1][0] for i in sorted(used)]
 
 
-def write_table(rows: list[dict], out: Path) -> list[str]:
+def write_table(rows: list[dict], out: Path, stem: str = "sweep") -> list[str]:
+    """`out/<stem>.csv` (every column) and `<stem>.md` (without image and skip counts); the error column last."""
     columns = list(dict.fromkeys(k for r in rows for k in r))
-    with atomic_file(out / "sweep.csv") as tmp, tmp.open("w", newline="") as f:
+    columns = [c for c in columns if c != "error"] + ["error"] * ("error" in columns)
+    with atomic_file(out / f"{stem}.csv") as tmp, tmp.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
@@ -306,7 +312,7 @@ def write_table(rows: list[dict], out: Path) -> list[str]:
     columns = [c for c in columns if not c.startswith(("images/", "skipped/"))]  # counts stay in the CSV
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
-    with atomic_file(out / "sweep.md") as tmp:
+    with atomic_file(out / f"{stem}.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return lines
 
@@ -364,10 +370,11 @@ def error_sentence(err: BaseException) -> str:
     seen, cause = set(), err
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
-        if isinstance(cause, TRCEError):
+        inner = getattr(cause, "cause", None)  # Ray's wrapper (itself a TRCEError subclass when ray.get re-raises)
+        if isinstance(cause, TRCEError) and not isinstance(inner, BaseException):
             text = str(cause).strip()
             return text.splitlines()[0] if text else type(cause).__name__
-        cause = getattr(cause, "cause", None) or cause.__cause__
+        cause = inner or cause.__cause__
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     exc_lines = [line for line in lines if re.match(r"^[\w.]+(Error|Exception|Interrupt|Exit)\b[^:]*: \S", line)]
     return (exc_lines or lines or [type(err).__name__])[-1]

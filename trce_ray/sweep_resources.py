@@ -16,8 +16,12 @@ from .config import TRCEConfig
 from .errors import ConfigError
 
 
-def trial_peak(cfg: TRCEConfig, stages: tuple[str, ...], cluster_gpus: float) -> dict[str, float]:
-    """CPUs and GPUs one trial holds at its busiest phase."""
+def trial_peak(
+    cfg: TRCEConfig, stages: tuple[str, ...], cluster_gpus: float, slot: dict[str, float] | None = None
+) -> dict[str, float]:
+    """CPUs and GPUs one trial holds at its busiest phase; `slot` is what its own process holds throughout (default
+    `sweep.trial_cpus`/`trial_gpus`; a campaign's erasure: its stage-1 resources)."""
+    slot = slot or {"CPU": cfg.sweep.trial_cpus, "GPU": cfg.sweep.trial_gpus}
     e = cfg.eval
     gen_gpus = e.gpus_per_actor if e.gpus_per_actor is not None else (1.0 if cluster_gpus > 0 else 0.0)
     phases = [
@@ -32,8 +36,8 @@ def trial_peak(cfg: TRCEConfig, stages: tuple[str, ...], cluster_gpus: float) ->
         train_gpu = 1.0 if (t.use_gpu or (t.use_gpu is None and cluster_gpus > 0)) else 0.0
         phases.append({"CPU": t.num_workers * t.cpus_per_worker, "GPU": t.num_workers * train_gpu})
     return {
-        "CPU": cfg.sweep.trial_cpus + max(p["CPU"] for p in phases),
-        "GPU": cfg.sweep.trial_gpus + max(p["GPU"] for p in phases),
+        "CPU": slot["CPU"] + max(p["CPU"] for p in phases),
+        "GPU": slot["GPU"] + max(p["GPU"] for p in phases),
     }
 
 

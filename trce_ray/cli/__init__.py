@@ -13,7 +13,7 @@ from contextlib import contextmanager
 
 from ..errors import TRCEError, TRCEWarning
 
-SUBCOMMANDS = ["erase", "cache", "train", "eval", "sweep", "report", "toy"]
+SUBCOMMANDS = ["erase", "cache", "train", "eval", "sweep", "campaign", "report", "toy"]
 
 
 def build_parser() -> argparse.ArgumentParser:

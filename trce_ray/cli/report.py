@@ -7,6 +7,7 @@ from pathlib import Path
 
 EXAMPLES = """examples:
   trce-ray report runs/eval-sd14 runs/eval-trce-t runs/eval-trce-tv --output runs/report
+  trce-ray report runs/campaign                        # a campaign folder: one row per finished erasure
   trce-ray report --experiment trce-ray --output runs/report        # every finished eval run, oldest first
   trce-ray report 3f2c...e9 a81b...07 --tracking-uri sqlite:///mlflow.db
 """
@@ -59,13 +60,14 @@ def report_config(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from ..artifacts import atomic_file
-    from ..evaluation.report import from_folder, from_mlflow, is_run_id, to_html, to_markdown
+    from ..campaign import report_runs
+    from ..evaluation.report import from_mlflow, is_run_id, to_html, to_markdown
     from ..tracking import track
 
     cfg = report_config(args)
     folders = [s for s in args.sources if not is_run_id(s)]
     run_ids = [s for s in args.sources if is_run_id(s)]
-    runs = [from_folder(f) for f in folders]
+    runs = [r for f in folders for r in report_runs(f)]  # a campaign folder: one row per erasure
     if run_ids or not args.sources:
         runs += from_mlflow(cfg.tracking.uri, args.experiment, run_ids, args.last)
     text = to_markdown(runs)
