@@ -178,3 +178,34 @@ def test_erase_command_logs_a_run(exp, tiny_sd_dir, tmp_path):
     logged = {a.path for a in c.list_artifacts(r.info.run_id, "erased_model")}
     assert {"erased_model/stage1.safetensors", "erased_model/config.yaml"} <= logged
     assert c.get_model_version(f"{name}-tiny", "1").tags["trce.base_model"] == str(tiny_sd_dir)
+
+
+def test_losing_the_race_to_create_the_experiment_uses_the_winners(exp):
+    """Concurrent jobs on a fresh server: the experiment appears between our lookup and our create."""
+    from mlflow.exceptions import MlflowException
+
+    from trce_ray.tracking import _experiment_id
+
+    uri, name = exp
+    real = client_for(uri)
+
+    class Racing:
+        def get_experiment_by_name(self, n):
+            self.calls = getattr(self, "calls", 0) + 1
+            return None if self.calls == 1 else real.get_experiment_by_name(n)
+
+        def create_experiment(self, n, artifact_location=None):
+            real.create_experiment(n)  # the other job wins
+            raise MlflowException("already exists", error_code="RESOURCE_ALREADY_EXISTS")
+
+    assert _experiment_id(Racing(), name, uri) == real.get_experiment_by_name(name).experiment_id
+
+    class Broken(Racing):
+        def get_experiment_by_name(self, n):
+            return None
+
+        def create_experiment(self, n, artifact_location=None):
+            raise MlflowException("store is down")
+
+    with pytest.raises(MlflowException, match="store is down"):
+        _experiment_id(Broken(), name + "-broken", uri)

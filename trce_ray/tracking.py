@@ -193,7 +193,17 @@ def _experiment_id(client, name: str, uri: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=_artifact_root(uri))
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_root(uri))
+    except MlflowException:
+        # Concurrent jobs against a fresh server race to create the same experiment; the loser gets
+        # RESOURCE_ALREADY_EXISTS (or a unique-constraint error from a SQL store) and uses the winner's.
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
 
 
 @contextmanager
