@@ -110,3 +110,21 @@ def test_cache_ls_and_prune_handle_statistics_beside_trajectory_caches(tiny_pipe
     assert main(["cache", "prune", "--cache-root", str(tmp_path), "--max-size", "0"]) == 0
     assert "deleted 2 caches" in capsys.readouterr().out
     assert not traj.exists() and not list_stats(tmp_path)
+
+
+def test_no_statistics_cache_inside_a_ray_jobs_temporary_folder(tmp_path, monkeypatch):
+    """A relative cache.root inside a `ray job submit` working dir would vanish with the job: stage 1 runs uncached."""
+    from trce_ray.config import load_config
+    from trce_ray.errors import TRCEWarning
+    from trce_ray.stage1.run import _stats_store
+
+    job = tmp_path / "session" / "runtime_resources" / "working_dir_files" / "_ray_pkg_abc"
+    job.mkdir(parents=True)
+    monkeypatch.chdir(job)
+    cfg = load_config(overrides={"model.path": "toy", "cache.root": str(job / "trce-cache")})
+    with pytest.warns(TRCEWarning, match="not cached: cache.root .* inside this Ray job's temporary folder"):
+        assert _stats_store(cfg, "fp") is None
+    shared = load_config(overrides={"model.path": "toy", "cache.root": str(tmp_path / "shared")})
+    assert _stats_store(shared, "fp") is not None
+    allowed = load_config(overrides={"model.path": "toy", "cache.root": "trce-cache", "allow_job_local_paths": True})
+    assert _stats_store(allowed, "fp") is not None

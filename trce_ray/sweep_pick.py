@@ -24,86 +24,11 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, TRCEError
-
-OPS = (">=", "<=", "==", ">", "<")
-ORIGINAL = "original"
-ORIGINAL_DIR = "original"
-SLACK = 1e-9
-_NUMBER = r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
-_EXAMPLE = "e.g. 'min toy/direct where toy/preservation >= original - 0.05'"
-
-
-@dataclass(frozen=True)
-class Condition:
-    metric: str
-    op: str
-    number: float  # the threshold, or what `arith` applies to the original's value
-    arith: str | None = None  # None: a plain number; "": the original's value; "+", "-", "*": with `number`
-
-    @property
-    def uses_original(self) -> bool:
-        return self.arith is not None
-
-    def threshold(self, original: dict | None) -> float:
-        if not self.uses_original:
-            return self.number
-        base = float(original[self.metric])
-        return {"": base, "+": base + self.number, "-": base - self.number, "*": base * self.number}[self.arith]
-
-    def holds(self, value: float, threshold: float) -> bool:
-        slack = SLACK * max(1.0, abs(threshold))
-        return {
-            ">=": value >= threshold - slack,
-            "<=": value <= threshold + slack,
-            ">": value > threshold + slack,
-            "<": value < threshold - slack,
-            "==": abs(value - threshold) <= slack,
-        }[self.op]
-
-
-@dataclass(frozen=True)
-class Rule:
-    text: str
-    mode: str  # "min" or "max"
-    metric: str
-    conditions: tuple[Condition, ...] = ()
-
-    @property
-    def needs_original(self) -> bool:
-        return any(c.uses_original for c in self.conditions)
-
-
-def _condition(text: str, rule: str) -> Condition:
-    m = re.fullmatch(r"\s*(\S+?)\s*(>=|<=|==|>|<)\s*(.+?)\s*", text)
-    if not m:
-        raise ConfigError(
-            f"pick rule {rule!r}: condition {text.strip()!r} must look like METRIC OP VALUE, OP one of >= <= > < =="
-        )
-    metric, op, value = m.groups()
-    if re.fullmatch(_NUMBER, value):
-        return Condition(metric, op, float(value))
-    v = re.fullmatch(rf"{ORIGINAL}(?:\s*([-+*])\s*({_NUMBER}))?", value)
-    if not v:
-        raise ConfigError(
-            f"pick rule {rule!r}: {value!r} must be a number or original, original + N, original - N, original * N"
-        )
-    return Condition(metric, op, float(v[2]) if v[2] else 0.0, v[1] or "")
-
-
-def parse_rule(text: str) -> Rule:
-    """'min toy/direct where toy/preservation >= original - 0.05' -> Rule; a malformed rule is one ConfigError."""
-    m = re.fullmatch(r"\s*(min|max)\s+(\S+)(?:\s+where\s+(.+?))?\s*", text or "", re.S)
-    if not m or m[2] in ("where", "and"):
-        raise ConfigError(
-            f"pick rule {text!r} must look like 'min|max METRIC [where METRIC OP VALUE and ...]' ({_EXAMPLE})"
-        )
-    parts = re.split(r"\s+and\s+", m[3]) if m[3] else []
-    return Rule(text.strip(), m[1], m[2], tuple(_condition(p, text) for p in parts))
+from .errors import TRCEError
+from .sweep_rule import ORIGINAL, ORIGINAL_DIR, SLACK, Condition, Rule, parse_rule  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -138,7 +63,7 @@ def pick(rows: list[dict], rule: Rule | str, original: dict | None = None) -> Pi
         TRCEError: one sentence when the rule names a metric no trial measured, needs an original value that is
             missing, or no finished trial meets its conditions.
     """
-    from .sweep import rank
+    from .sweep_common import rank
 
     rule = parse_rule(rule) if isinstance(rule, str) else rule
     measured = sorted({k for r in rows for k, v in r.items() if k != "trial" and _number(v) is not None})
@@ -173,7 +98,7 @@ def original_metrics(cfg, out: Path, progress: bool = True) -> dict[str, float]:
     (its images go to the sweep's shared image cache, where FID_gen's reference images already are)."""
     from .artifacts import write_json
     from .evaluation.runner import run_eval
-    from .sweep import METRICS_FILE, eval_config
+    from .sweep_common import METRICS_FILE, eval_config
 
     done = out / ORIGINAL_DIR / METRICS_FILE
     if done.is_file():

@@ -65,7 +65,7 @@ class SweepConfig(Section):
     @classmethod
     def _pick(cls, v):
         if v is not None:
-            from ..sweep_pick import parse_rule
+            from ..sweep_rule import parse_rule
 
             parse_rule(v)  # a malformed rule fails before any trial runs
         return v

@@ -185,6 +185,24 @@ def run_stage1_task(cfg: TRCEConfig, output: Path, overwrite: bool, progress: bo
         raise
 
 
+def _stats_store(cfg: TRCEConfig, fingerprint: str) -> StatsStore | None:
+    """The stage-1 statistics store under `cache.root`; none (with a warning) when that root is inside a Ray job's
+    temporary folder, where a cache would be deleted with the job and seen by no other node (config/paths.py)."""
+    from ..config.paths import job_folder
+
+    folder = job_folder()
+    root = Path(cfg.cache.root).resolve()
+    if folder is not None and not cfg.allow_job_local_paths and (root == folder or folder in root.parents):
+        warnings.warn(
+            f"stage-1 statistics are not cached: cache.root {root} is inside this Ray job's temporary folder; set "
+            "cache.root on storage every node mounts to reuse them across runs",
+            TRCEWarning,
+            stacklevel=2,
+        )
+        return None
+    return stats_store(cfg.cache.root, fingerprint, cfg.model.dtype, cfg.model.path)
+
+
 def _run_stage1(cfg: TRCEConfig, output: Path, overwrite: bool, pipe, progress: bool) -> Stage1Result:
     s1 = cfg.stage1
     concepts, pairs, keep = stage1_inputs(s1)
@@ -196,7 +214,7 @@ def _run_stage1(cfg: TRCEConfig, output: Path, overwrite: bool, pipe, progress: 
     warn_long_prompts(adapter.tokenizer, pairs, keep)
     fingerprint = model_fingerprint(cfg.model.path)
     with atomic_dir(output, overwrite=overwrite) as tmp:
-        store = stats_store(cfg.cache.root, fingerprint, cfg.model.dtype, cfg.model.path) if s1.stats_cache else None
+        store = _stats_store(cfg, fingerprint) if s1.stats_cache else None
         result = compute_stage1(adapter, pairs, keep, s1, progress, store)
         drift = result.diagnostics["preserve_drift"]
         if drift >= DESTROYED_DRIFT:
