@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import ray.cloudpickle
 
 from trce_ray.stage2.cache import ShardWorker, build_cache, cache_dir_for, load_rows
@@ -35,6 +36,7 @@ class DyingWorker(ShardWorker):
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actors cannot import the test package
 
 
+@pytest.mark.slow
 def test_cache_killed_actor_redone_once_then_reused_and_resumed(tmp_path, tiny_sd_dir, ray_cluster):
     cfg = stage2_config(tmp_path, tiny_sd_dir, **{"cache.num_actors": 2, "cache.num_cpus": 0.5})
     plan, specs = make_plan(cfg, PAIRS)

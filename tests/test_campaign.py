@@ -91,6 +91,7 @@ def _toy_campaign(tmp_path) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_campaign_runs_erasures_as_tasks_reports_failures_and_resumes(ray_cluster, tmp_path, capsys):
     import mlflow
 

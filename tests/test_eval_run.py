@@ -65,6 +65,7 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_eval_generates_scores_resumes_and_logs(ray_cluster, erase_dir, tiny_sd_dir, feature_net, tmp_path, capsys):
     from mlflow import MlflowClient
 
@@ -171,6 +172,7 @@ class DyingGenerator(ImageGenerator):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
+@pytest.mark.slow
 def test_killed_actor_job_completes_with_each_image_generated_once(ray_cluster, tiny_sd_dir, tmp_path):
     import ray.cloudpickle
 

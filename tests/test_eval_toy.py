@@ -79,6 +79,7 @@ def test_toy_metrics_known_answer():
     }
 
 
+@pytest.mark.slow
 def test_toy_suite_end_to_end_matches_the_toy_benchmark(ray_cluster, tmp_path):
     """Original vs stage-1-erased toy model through `trce-ray eval`; the original's numbers equal the toy
     benchmark's own generate/classify/score on the same rows."""

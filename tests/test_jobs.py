@@ -21,6 +21,7 @@ def test_paper_configs_validate(path):
     assert cfg.stage1.convention == "authors" and cfg.stage1.eta == (0.02 if "i2p" in path.name else 0.01)
 
 
+@pytest.mark.slow
 def test_erase_job_script_runs_the_cli(tiny_sd_dir, tmp_path):
     out = tmp_path / "job-out"
     cmd = [

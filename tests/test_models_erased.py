@@ -58,6 +58,7 @@ def pixels(path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.int16)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sdxl", "flux"])
 def test_eval_generates_and_scores(ray_cluster, erased, family, tmp_path):
     _, erase_dir = erased[family]

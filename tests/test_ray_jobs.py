@@ -30,7 +30,7 @@ from .test_manifests import _stop
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # ~3 min on a quiet 2-core machine
+pytestmark = [pytest.mark.timeout(1800)]  # ~3 min on a quiet 2-core machine
 JOB_TIMEOUT = 900
 
 DATA_JOB = """

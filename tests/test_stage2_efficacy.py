@@ -61,6 +61,7 @@ def _rates(pipe):
     return score(TARGET, SETS, preds)
 
 
+@pytest.mark.slow
 def test_stage2_lowers_the_target_that_stage1_left(erased):
     _, result, pipes = erased
     assert result.steps == 16 * 6

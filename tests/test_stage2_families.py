@@ -178,6 +178,7 @@ def flux_world(tmp_path_factory, model_dirs, ray_cluster):
     return tmp, cfg, run_stage2(cfg, tmp / "ddp", progress=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", ["sdxl", "sd3"])
 def test_ddp_per_family_trains_only_the_visual_set(tmp_path, model_dirs, ray_cluster, family):
     out = run_stage2(_cfg(tmp_path, model_dirs[family]), tmp_path / "out", progress=False)
@@ -186,6 +187,7 @@ def test_ddp_per_family_trains_only_the_visual_set(tmp_path, model_dirs, ray_clu
     _unchanged_outside(family, out.output, visual)
 
 
+@pytest.mark.slow
 def test_flux_ddp_trains_only_the_double_stream_image_side(flux_world):
     _, _, ref = flux_world
     visual = adapter_for(family_pipeline("flux")).trainable_parameter_names("visual")
@@ -193,6 +195,7 @@ def test_flux_ddp_trains_only_the_double_stream_image_side(flux_world):
     assert not any(n.startswith("single_") for n in moved)
 
 
+@pytest.mark.slow
 def test_flux_killed_run_resumes_bitwise(flux_world):
     tmp, cfg, ref = flux_world
     with pytest.raises(TRCEError, match="rerun to resume"):
@@ -213,6 +216,7 @@ def test_flux_zero3_full_matches_ddp(flux_world):
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [2, 3])
 def test_flux_lora_under_zero_loads_in_diffusers(flux_world, stage):
     tmp, cfg, _ = flux_world

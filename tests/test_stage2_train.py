@@ -42,6 +42,7 @@ def _metrics(folder: Path) -> list[dict]:
     ]
 
 
+@pytest.mark.slow
 def test_ddp_output_is_a_delta_on_stage1_and_nothing_else_moves(world):
     tmp, _, ref = world
     delta = load_delta(ref.output / "stage2.safetensors")
@@ -63,6 +64,7 @@ def test_ddp_output_is_a_delta_on_stage1_and_nothing_else_moves(world):
     assert not work_dir(ref.output).exists()  # checkpoints are cleaned up once the output is complete
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_weights(world):
     """Worker 0 dies hard after step 3 (checkpoint at step 2); the rerun resumes from step 2 and ends bitwise equal."""
     tmp, cfg, ref = world
@@ -76,6 +78,7 @@ def test_killed_run_resumes_to_the_same_weights(world):
     assert _metrics(out) == _metrics(ref.output)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2])
 def test_deepspeed_zero_matches_ddp(world, stage):
     tmp, cfg, ref = world

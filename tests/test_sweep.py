@@ -114,6 +114,7 @@ def _sweep(out, tracking, *extra):
     return toy_sweep(out, tracking, "--grid", "stage1.eta=0.05,2", "--metric", "toy/direct", *extra)
 
 
+@pytest.mark.slow
 def test_sweep_runs_each_point_summarises_logs_and_resumes(ray_cluster, tmp_path, capsys):
     out, tracking = tmp_path / "sweep", f"sqlite:///{tmp_path}/mlflow.db"
     assert _sweep(out, tracking) == 0

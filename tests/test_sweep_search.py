@@ -122,6 +122,7 @@ def _read(out):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_random_sweep_marks_the_pareto_front(ray_cluster, tmp_path, capsys):
     out, tracking = tmp_path / "sweep", f"sqlite:///{tmp_path}/mlflow.db"
     rc = toy_sweep(

@@ -31,6 +31,7 @@ def demo_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_results_json_has_one_row_per_model_with_the_contract_keys(demo_dir):
     results = json.loads((demo_dir / "results.json").read_text())
     assert list(results["rows"]) == ["original", "TRCE(T)", "TRCE(V)", "TRCE(T+V)"]
@@ -43,6 +44,7 @@ def test_results_json_has_one_row_per_model_with_the_contract_keys(demo_dir):
     assert results["prompt_sets"] == {"direct": 4, "paraphrase": 4, "preservation": 7}
 
 
+@pytest.mark.slow
 def test_each_erased_row_has_its_subfolder_and_every_row_a_grid(demo_dir):
     delta = load_file(str(demo_dir / "TRCE(T)" / "stage1.safetensors"))
     assert delta and all(".attn2.to_" in k for k in delta)
@@ -76,6 +78,7 @@ def test_unknown_row_and_target_are_one_sentence_errors(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_the_demo_logs_one_run_with_a_child_run_per_row_holding_its_metrics_and_grid(demo_dir):
     import os
 
