@@ -124,7 +124,12 @@ def test_no_statistics_cache_inside_a_ray_jobs_temporary_folder(tmp_path, monkey
     cfg = load_config(overrides={"model.path": "toy", "cache.root": str(job / "trce-cache")})
     with pytest.warns(TRCEWarning, match="not cached: cache.root .* inside this Ray job's temporary folder"):
         assert _stats_store(cfg, "fp") is None
+    monkeypatch.chdir(tmp_path)  # a Tune trial runs in its own folder, with cache.root resolved in the job's
+    with pytest.warns(TRCEWarning, match="not cached"):
+        assert _stats_store(cfg, "fp") is None
     shared = load_config(overrides={"model.path": "toy", "cache.root": str(tmp_path / "shared")})
     assert _stats_store(shared, "fp") is not None
-    allowed = load_config(overrides={"model.path": "toy", "cache.root": "trce-cache", "allow_job_local_paths": True})
+    allowed = load_config(
+        overrides={"model.path": "toy", "cache.root": str(job / "trce-cache"), "allow_job_local_paths": True}
+    )
     assert _stats_store(allowed, "fp") is not None

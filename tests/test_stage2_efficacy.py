@@ -106,6 +106,7 @@ def _eq8_terms(pipe, draws, prompts):
     return out
 
 
+@pytest.mark.slow
 def test_erase_loss_falls_and_predictions_move_toward_f_safe(erased):
     cfg, result, pipes = erased
     draws, prompts = _malicious_draws(cfg, result)

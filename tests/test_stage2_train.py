@@ -25,12 +25,19 @@ TWO = {"train.num_workers": 2, "train.cpus_per_worker": 0.5}
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory, tiny_sd_dir, ray_cluster):
-    """Stage 1 on the tiny model, then an uninterrupted 2-worker DDP stage 2 (the reference run; its workers count
-    the models they build)."""
+def stage1_world(tmp_path_factory, tiny_sd_dir, ray_cluster):
+    """Stage 1 on the tiny model: (folder, config)."""
     tmp = tmp_path_factory.mktemp("stage2")
     cfg = stage2_config(tmp, tiny_sd_dir, **TWO)
     run_stage1(cfg, tmp / "s1", progress=False)
+    return tmp, cfg
+
+
+@pytest.fixture(scope="module")
+def world(stage1_world, ray_cluster):
+    """Stage 1, then an uninterrupted 2-worker DDP stage 2 (the reference run; its workers count the models they
+    build)."""
+    tmp, cfg = stage1_world
     ref = run_stage2(cfg, tmp / "ddp", tmp / "s1", progress=False, train_loop=count_models_loop)
     return tmp, cfg, ref
 
@@ -93,6 +100,7 @@ def test_deepspeed_zero_matches_ddp(world, stage):
     assert out.cache.reused  # same plan, same cache
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(world):
     tmp, cfg, _ = world
     bad = cfg.model_copy(
@@ -108,8 +116,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(world):
     assert all(torch.isfinite(v).all() for v in state["trainable"].values())
 
 
-def test_lora_run_writes_diffusers_lora_that_loads(world):
-    tmp, cfg, _ = world
+def test_lora_run_writes_diffusers_lora_that_loads(stage1_world):
+    tmp, cfg = stage1_world
     lora = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lora_rank": 2, "num_workers": 0})})
     out = run_stage2(lora, tmp / "lora", tmp / "s1", progress=False)
     from trce_ray.artifacts import delta_format
@@ -165,10 +173,10 @@ def _hand_written_run(cfg, stage1_file, model_dir):
 
 
 @pytest.mark.parametrize("accum", [1, 2])
-def test_worker_loop_equals_a_hand_written_loop(world, tiny_sd_dir, accum):
+def test_worker_loop_equals_a_hand_written_loop(stage1_world, tiny_sd_dir, accum):
     """Local mode (in this process): the Ray Train loop picks the planned draws and zeroes grads every update (bitwise
     equal to the hand-written loop); 2 accumulated micro-steps of 1 update like 1 step of 2."""
-    tmp, cfg, _ = world
+    tmp, cfg = stage1_world
     one = cfg.model_copy(update={"train": cfg.train.model_copy(update={"num_workers": 0})})
     start, expected = _hand_written_run(one, tmp / "s1" / "stage1.safetensors", tiny_sd_dir)
     run_cfg = one.model_copy(

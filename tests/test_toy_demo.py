@@ -54,6 +54,7 @@ def test_each_erased_row_has_its_subfolder_and_every_row_a_grid(demo_dir):
     assert "TRCE(T)" in (demo_dir / "table.txt").read_text()
 
 
+@pytest.mark.slow
 def test_existing_output_is_refused(demo_dir, capsys):
     assert main(["toy", "demo", "--output", str(demo_dir), *SMALL]) == 2
     assert "already exists" in capsys.readouterr().err

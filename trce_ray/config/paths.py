@@ -147,6 +147,12 @@ def job_folder(cwd: str | Path | None = None) -> Path | None:
     return None
 
 
+def inside_job_folder(path: str | Path) -> bool:
+    """Whether `path` lies in some Ray job's temporary working-dir copy, whatever this process's working directory
+    (a Tune trial runs in its own trial folder, not in the job's)."""
+    return job_folder(Path(path).expanduser().resolve()) is not None
+
+
 def written_paths(cfg, fields: tuple[str, ...] = WRITTEN_FIELDS) -> dict[str, str]:
     """{field: path} of what the command writes: `fields` that are set, and the MLflow sqlite database."""
     data = cfg.model_dump(mode="json")

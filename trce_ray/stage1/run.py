@@ -188,11 +188,10 @@ def run_stage1_task(cfg: TRCEConfig, output: Path, overwrite: bool, progress: bo
 def _stats_store(cfg: TRCEConfig, fingerprint: str) -> StatsStore | None:
     """The stage-1 statistics store under `cache.root`; none (with a warning) when that root is inside a Ray job's
     temporary folder, where a cache would be deleted with the job and seen by no other node (config/paths.py)."""
-    from ..config.paths import job_folder
+    from ..config.paths import inside_job_folder
 
-    folder = job_folder()
-    root = Path(cfg.cache.root).resolve()
-    if folder is not None and not cfg.allow_job_local_paths and (root == folder or folder in root.parents):
+    root = Path(cfg.cache.root).expanduser().resolve()
+    if inside_job_folder(root) and not cfg.allow_job_local_paths:
         warnings.warn(
             f"stage-1 statistics are not cached: cache.root {root} is inside this Ray job's temporary folder; set "
             "cache.root on storage every node mounts to reuse them across runs",
