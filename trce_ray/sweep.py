@@ -24,7 +24,7 @@ from .artifacts import atomic_file, write_json
 from .config import TRCEConfig, set_dotted
 from .config.base import validate
 from .errors import ConfigError, TRCEError
-from .sweep_common import METRICS_FILE, _number, eval_config, rank, tie_breakers  # noqa: F401 (re-exported)
+from .sweep_common import METRICS_FILE, eval_config, rank
 
 TRIALS_DIR = "trials"
 

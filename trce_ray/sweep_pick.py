@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import TRCEError
-from .sweep_rule import ORIGINAL, ORIGINAL_DIR, SLACK, Condition, Rule, parse_rule  # noqa: F401 (re-exported)
+from .sweep_rule import ORIGINAL_DIR, Condition, Rule, parse_rule
 
 
 @dataclass

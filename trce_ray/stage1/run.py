@@ -190,11 +190,10 @@ def _stats_store(cfg: TRCEConfig, fingerprint: str) -> StatsStore | None:
     temporary folder, where a cache would be deleted with the job and seen by no other node (config/paths.py)."""
     from ..config.paths import inside_job_folder
 
-    root = Path(cfg.cache.root).expanduser().resolve()
-    if inside_job_folder(root) and not cfg.allow_job_local_paths:
+    if inside_job_folder(cfg.cache.root) and not cfg.allow_job_local_paths:
         warnings.warn(
-            f"stage-1 statistics are not cached: cache.root {root} is inside this Ray job's temporary folder; set "
-            "cache.root on storage every node mounts to reuse them across runs",
+            f"stage-1 statistics are not cached: cache.root {cfg.cache.root} is inside this Ray job's temporary "
+            "folder; set cache.root on storage every node mounts to reuse them across runs",
             TRCEWarning,
             stacklevel=2,
         )
