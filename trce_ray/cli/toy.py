@@ -10,6 +10,7 @@ from .common import add_set_flag, quiet_threads
 EXAMPLES = """examples:
   trce-ray toy demo --output runs/demo                     # erase 'red', print the Table-1-style comparison
   trce-ray toy demo --output runs/demo --target blue --set stage1.eta=0.05 --overwrite
+  trce-ray toy demo --output runs/all --target all --seeds 0 1 2   # every colour, figures over 3 seeds
   trce-ray toy gates                                        # measure the shipped model's quality gates
   trce-ray toy train --output runs/toy                      # retrain from the shipped recipe (seed 0)
   trce-ray toy train --output trce_ray/toy/weights --overwrite   # refresh the shipped weights
@@ -30,10 +31,11 @@ def add_parser(sub) -> None:
     d.add_argument("--output", metavar="DIR", required=True, help="output folder (refused if it exists)")
     d.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     d.add_argument("--config", metavar="FILE", help="demo YAML (see jobs/configs/toy-demo.yaml)")
-    d.add_argument("--target", help="colour to erase (default red)")
+    d.add_argument("--target", help="colour to erase (default red), a comma-separated list (red,blue) or all")
     d.add_argument("--rows", nargs="+", metavar="ROW", help="erased rows to run (default: all registered)")
     d.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    d.add_argument("--seed", type=int, help="prompt and generation seed")
+    d.add_argument("--seed", type=int, help="prompt and generation seed (and the erasure's)")
+    d.add_argument("--seeds", type=int, nargs="+", metavar="N", help="generation seeds to score over: mean and spread")
     add_set_flag(d, "override any demo field, e.g. --set stage1.eta=0.05 --set n_direct=16 (repeatable)")
     d.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     d.add_argument(
@@ -100,6 +102,7 @@ def _demo(args) -> int:
                 "rows": args.rows,
                 "device": args.device,
                 "seed": args.seed,
+                "seeds": args.seeds,
                 "tracking.uri": args.tracking_uri,
                 "tracking.experiment": args.experiment,
                 "tracking.enabled": args.tracking_enabled,
@@ -113,8 +116,12 @@ def _demo(args) -> int:
         results = run_demo(cfg, output, overwrite=args.overwrite, progress=not args.no_progress, tracker=tracker)
         for name in ("table.txt", "results.json"):
             tracker.log_artifact(Path(output) / name)
-    print(results["table"])
-    print(f"wrote {args.output}/results.json, grids and one folder per erased row")
+    if "colours" in results:
+        print(results["summary"])
+        print(f"wrote {args.output}/results.json, table.txt and one demo folder per colour")
+    else:
+        print(results["table"])
+        print(f"wrote {args.output}/results.json, grids and one folder per erased row")
     return 0
 
 
