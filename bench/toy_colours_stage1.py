@@ -14,6 +14,10 @@ moved, 0 = landed on gray), `nearest other` colour, `to itself` (the unedited ta
 another colour is the nearest. Tokens: the first [EoT] (what `tokens: [eot]` edits), the colour expression's last
 token, and the mean of the padding positions after the first [EoT].
 
+`swap`: which positions carry the colour to the original UNet: the target's direct / paraphrase prompts drawn from
+text-encoder outputs whose [EoT], padding, colour word, or everything from the colour word on come from the gray
+twin (an ideal edit of those positions), target rate by the toy classifier (20 DDIM steps, guidance 5).
+
 `grid`: per colour, the stage-1 settings of the grid scored with the toy classifier like bench/toy_eta.py (24
 direct, 24 held-out paraphrase, 6 prompts per other colour, 20 DDIM steps, guidance 5), the original first.
 """
@@ -168,6 +172,60 @@ def grid(args) -> None:
         print(format_table(rows, colour), flush=True)
 
 
+SWAPS = ("none", "eot", "eot+pad", "word+eot", "word..end", "twin")
+
+
+@torch.no_grad()
+def swapped(adapter, items: list[tuple[str, str]], twins: list[tuple[str, str]], swap: str) -> torch.Tensor:
+    """Text-encoder outputs [N, 77, d] of `items` with some positions taken from their gray twins (an ideal edit of
+    those positions): `eot` the first [EoT]; `eot+pad` it and every padding position after it (aligned from the
+    [EoT]); `word+eot` the colour expression's last token and the [EoT]; `word..end` every position from the colour
+    expression on (everything a causal encoder lets the colour reach, aligned from the start of the expression);
+    `twin` the whole twin."""
+    a, b = adapter.encode_text([p for p, _ in items]), adapter.encode_text([p for p, _ in twins])
+    if swap == "twin":
+        return b.hidden
+    h, g = a.hidden.clone(), b.hidden
+    seg_a, seg_b = a.segments[0], b.segments[0]
+    length = h.shape[1]
+    for i, ((pa, ea), (pb, eb)) in enumerate(zip(items, twins)):
+        ta, tb = int(seg_a.eot_index[i]), int(seg_b.eot_index[i])
+        wa = key_positions(seg_a.tokenizer, pa, (pa.index(ea), pa.index(ea) + len(ea)))
+        wb = key_positions(seg_b.tokenizer, pb, (pb.index(eb), pb.index(eb) + len(eb)))
+        if swap in ("eot", "word+eot"):
+            h[i, ta] = g[i, tb]
+        if swap == "word+eot":
+            h[i, wa[-1]] = g[i, wb[-1]]
+        if swap in ("eot+pad", "word..end"):
+            first_a, first_b = (ta, tb) if swap == "eot+pad" else (wa[0], wb[0])
+            n = min(length - first_a, length - first_b)
+            h[i, first_a : first_a + n] = g[i, first_b : first_b + n]
+    return h
+
+
+def swap(args) -> None:
+    """Which token positions carry the colour to the original UNet: the target's direct and held-out paraphrase
+    prompts drawn with positions replaced by their gray twin's (`swapped`), target rate by the classifier."""
+    torch.set_num_threads(1)
+    pipe, classifier = load_toy_pipeline(), load_toy_classifier()
+    adapter = adapter_for(pipe)
+    head = f"{'colour':<8}{'set':<12}" + "".join(f"{s:>11}" for s in SWAPS)
+    print("target rate (%) of the original model when positions come from the gray twin\n" + head)
+    print("-" * len(head))
+    for colour in args.colours:
+        sets = prompt_sets(colour, args.n, args.n, 0)
+        pairs = paired(colour, args.n)
+        for name in ("direct", "paraphrase"):
+            cells = []
+            for kind in SWAPS:
+                embeds = (
+                    None if kind == "none" else swapped(adapter, pairs[name][colour], pairs[name][SAFE_COLOUR], kind)
+                )
+                pred = classify(classifier, generate(pipe, sets[name], embeds=embeds))
+                cells.append(100 * float((pred["colour"] == COLOURS.index(colour)).double().mean()))
+            print(f"{colour:<8}{name:<12}" + "".join(f"{c:>11.0f}" for c in cells), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     sub = ap.add_subparsers(dest="command", required=True)
@@ -181,9 +239,12 @@ def main() -> None:
     r.add_argument("--eta", type=float, nargs="+", default=[0.3, 1.0, 3.0])
     r.add_argument("--tokens", nargs="+", default=["eot", "eot,last", "all"], help="comma-separated role sets")
     r.add_argument("--convention", default="normalised")
+    w = sub.add_parser("swap")
+    w.add_argument("--colours", nargs="+", default=list(ERASABLE))
+    w.add_argument("--n", type=int, default=24, help="direct and paraphrase prompts per colour")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    {"geometry": geometry, "grid": grid}[args.command](args)
+    {"geometry": geometry, "grid": grid, "swap": swap}[args.command](args)
 
 
 if __name__ == "__main__":

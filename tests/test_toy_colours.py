@@ -99,3 +99,19 @@ def test_target_all_lists_every_erasable_colour_and_bad_targets_or_seeds_are_one
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
     assert not (tmp_path / "x").exists()
+
+
+def test_generating_from_the_prompts_text_encoder_outputs_gives_the_same_images():
+    """bench/toy_colours_stage1.py draws from edited text-encoder outputs; unedited, they are the prompts' images."""
+    import torch
+
+    from trce_ray.models import adapter_for
+    from trce_ray.toy.assets import load_toy_pipeline
+    from trce_ray.toy.bench import generate, prompt_sets
+
+    pipe = load_toy_pipeline()
+    rows = prompt_sets("blue", 2, 1, 0)["direct"] + prompt_sets("green", 0, 1, 0)["paraphrase"]
+    embeds = adapter_for(pipe).encode_text([r.prompt for r in rows]).hidden
+    by_prompt = generate(pipe, rows, steps=2, batch_size=2)
+    assert torch.equal(generate(pipe, rows, steps=2, batch_size=2, embeds=embeds), by_prompt)
+    assert not torch.equal(generate(pipe, rows, steps=2, batch_size=2, embeds=embeds.flip(0)), by_prompt)

@@ -87,10 +87,17 @@ def prompt_sets(
 
 @torch.no_grad()
 def generate(
-    pipe, rows: list[PromptRow], steps: int = 20, guidance: float = 5.0, batch_size: int = 64, bar: tqdm | None = None
+    pipe,
+    rows: list[PromptRow],
+    steps: int = 20,
+    guidance: float = 5.0,
+    batch_size: int = 64,
+    bar: tqdm | None = None,
+    embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Images in [-1, 1], [N, 3, H, W]; row i's starting noise comes from row i's seed alone, so batching and
-    order never change an image."""
+    order never change an image. `embeds` ([N, 77, d]): text-encoder outputs to draw from instead of the rows'
+    prompts (same seeds)."""
     out = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
@@ -98,8 +105,11 @@ def generate(
         gens = [torch.Generator(device="cpu").manual_seed(r.seed) for r in chunk]
         shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
         latents = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, pipe.unet.dtype)
+        text = (
+            {"prompt": [r.prompt for r in chunk]} if embeds is None else {"prompt_embeds": embeds[i : i + batch_size]}
+        )
         images = pipe(
-            prompt=[r.prompt for r in chunk],
+            **text,
             latents=latents,
             num_inference_steps=steps,
             guidance_scale=guidance,
