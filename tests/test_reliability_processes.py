@@ -11,7 +11,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from .test_stage2_units import stage2_config
