@@ -154,7 +154,7 @@ def _train(args) -> int:
         log = train_flux_toy(cfg, args.output, overwrite=args.overwrite, progress=not args.no_progress)
         print(
             f"wrote {args.output}: FLUX transformer + T5 + CLIP {log['timings']['total_s'] / 60:.1f} min "
-            f"on {log['threads']} thread(s)"
+            f"({log['timings']['total_cpu_s'] / 60:.1f} CPU-min) on {log['threads']} thread(s)"
         )
         return 0
     cfg = ToyTrainConfig.load(args.config, _overrides(args, {"seed": args.seed}))

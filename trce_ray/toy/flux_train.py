@@ -68,7 +68,9 @@ def train_flux(cfg: FluxTrainConfig, vae, progress: bool = True):
     from ..models.tokenizer import clip_tokenizer, t5_tokenizer
     from .world import caption
 
+    clock = (time.perf_counter(), time.process_time())
     means, stds, scenes = encode_dataset(cfg.seed, cfg.dataset_size, vae, progress)
+    timings = {"encode_s": time.perf_counter() - clock[0], "encode_cpu_s": time.process_time() - clock[1]}
     shift = float(means.mean())
     vae = flux_vae(vae, shift)
     scale = vae.config.scaling_factor
@@ -101,10 +103,12 @@ def train_flux(cfg: FluxTrainConfig, vae, progress: bool = True):
         {"params": list(transformer.parameters()), "lr": cfg.transformer_lr},
         {"params": list(t5.parameters()) + list(clip.parameters()), "lr": cfg.text_lr},
     ]
+    clock = (time.perf_counter(), time.process_time())
     rows = optimise(groups, cfg, cfg.steps, step_loss, "toy train: FLUX transformer + T5 + CLIP", progress)
+    timings |= {"steps_s": time.perf_counter() - clock[0], "steps_cpu_s": time.process_time() - clock[1]}
     for m in (t5, clip, transformer):
         m.eval()
-    return pipe, {"losses": rows, "distinct_captions": len(t5_cache), "vae_shift_factor": shift}
+    return pipe, {"losses": rows, "distinct_captions": len(t5_cache), "vae_shift_factor": shift, "timings": timings}
 
 
 def train_flux_toy(cfg: FluxTrainConfig, output: str | Path, overwrite: bool = False, progress: bool = True) -> dict:
@@ -112,10 +116,11 @@ def train_flux_toy(cfg: FluxTrainConfig, output: str | Path, overwrite: bool = F
     output = Path(output)
     if output.exists() and not overwrite:
         raise TRCEError(f"output folder {output} already exists; choose another --output or pass --overwrite")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     pipe, log = train_flux(cfg, _shipped_vae(), progress)
+    timings = {**log.pop("timings"), "total_s": time.perf_counter() - t0, "total_cpu_s": time.process_time() - c0}
     log = {
-        "timings": {"denoiser_s": time.perf_counter() - t0, "total_s": time.perf_counter() - t0},
+        "timings": timings,
         "denoiser": log,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
