@@ -131,3 +131,5 @@ def test_bad_recipe_names_the_field():
         FluxTrainConfig.load(None, {"steps": 0})
     with pytest.raises(ConfigError, match="arch.width"):
         FluxTrainConfig.load(None, {"arch.width": 3})
+    with pytest.raises(ConfigError, match="sum to head_dim 48"):
+        FluxTrainConfig.load(None, {"arch.head_dim": 48})

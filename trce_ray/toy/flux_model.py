@@ -10,6 +10,7 @@ trained `AutoencoderKL` (32x32 images -> 4x8x8 latents -> 16 packed tokens of 16
 from __future__ import annotations
 
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from pydantic import model_validator
 from transformers import T5Config, T5EncoderModel
 
 from ..config.base import Section
@@ -33,6 +34,12 @@ class FluxArchConfig(Section):
     clip_dim: int = 64  # also the transformer's pooled_projection_dim
     clip_layers: int = 2
     clip_heads: int = 4
+
+    @model_validator(mode="after")
+    def _rope_fits_heads(self):
+        if sum(self.rope_axes) != self.head_dim or any(a % 2 for a in self.rope_axes):
+            raise ValueError(f"rope_axes {self.rope_axes} must be even and sum to head_dim {self.head_dim}")
+        return self
 
 
 def build_transformer(arch: FluxArchConfig) -> FluxTransformer2DModel:
