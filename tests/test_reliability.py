@@ -282,7 +282,6 @@ def test_unreachable_or_dashboard_ray_address_is_one_sentence(monkeypatch):
 
 
 # ---- trajectory cache: damaged shards, ls and prune ------------------------------------------------------------
-@pytest.mark.slow
 def test_damaged_cache_shard_is_sampled_again_then_listed_and_pruned(tmp_path, tiny_sd_dir, ray_cluster, capsys):
     import numpy as np
 

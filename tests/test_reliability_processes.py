@@ -11,7 +11,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from .test_stage2_units import stage2_config
@@ -106,7 +105,6 @@ trce_ray.stage2.run.build_cache = lambda *a, **k: _build_cache(*a, **k, worker_c
 """
 
 
-@pytest.mark.slow
 def test_sigint_in_stage2_keeps_cache_and_checkpoints_and_a_second_cache_writer_waits(tiny_sd_dir, tmp_path):
     cfg = stage2_config(tmp_path, tiny_sd_dir, **{"train.num_workers": 1, "train.checkpoint_every": 1})
     config = tmp_path / "stage2.yaml"

@@ -61,7 +61,6 @@ def _rates(pipe):
     return score(TARGET, SETS, preds)
 
 
-@pytest.mark.slow
 def test_stage2_lowers_the_target_that_stage1_left(erased):
     _, result, pipes = erased
     assert result.steps == 16 * 6
@@ -106,7 +105,6 @@ def _eq8_terms(pipe, draws, prompts):
     return out
 
 
-@pytest.mark.slow
 def test_erase_loss_falls_and_predictions_move_toward_f_safe(erased):
     cfg, result, pipes = erased
     draws, prompts = _malicious_draws(cfg, result)

@@ -7,13 +7,17 @@ from pathlib import Path
 
 from .common import add_set_flag, quiet_threads
 
+FAMILIES = ("sd", "flux")  # the toy models: SD-1.x-style UNet, FLUX-style transformer
+
 EXAMPLES = """examples:
   trce-ray toy demo --output runs/demo                     # erase 'red', print the Table-1-style comparison
   trce-ray toy demo --output runs/demo --target blue --set stage1.eta=0.05 --overwrite
   trce-ray toy demo --output runs/all --target all --seeds 0 1 2   # every colour, figures over 3 seeds
   trce-ray toy gates                                        # measure the shipped model's quality gates
+  trce-ray toy gates --family flux                          # ... of the FLUX toy
   trce-ray toy train --output runs/toy                      # retrain from the shipped recipe (seed 0)
   trce-ray toy train --output trce_ray/toy/weights --overwrite   # refresh the shipped weights
+  trce-ray toy train --family flux --output runs/flux-toy   # the FLUX toy (transformer, T5, rectified flow)
 """
 
 
@@ -53,6 +57,8 @@ def add_parser(sub) -> None:
     d.set_defaults(run=run)
 
     g = tsub.add_parser("gates", help="measure the shipped model against its quality gates")
+    g.add_argument("--family", choices=FAMILIES, default="sd", help="which shipped toy model (default sd)")
+    g.add_argument("--pipeline", metavar="DIR", help="measure this trained pipeline folder instead of the shipped one")
     g.add_argument("--n", type=int, default=16, help="prompts per colour per set (default 16)")
     g.add_argument("--json", metavar="FILE", help="also write the numbers to FILE")
     g.set_defaults(run=run)
@@ -60,6 +66,7 @@ def add_parser(sub) -> None:
     t = tsub.add_parser("train", help="train the toy pipeline and classifier from a seed")
     t.add_argument("--output", metavar="DIR", required=True, help="output folder (refused if it exists)")
     t.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    t.add_argument("--family", choices=FAMILIES, default="sd", help="which toy model to train (default sd)")
     t.add_argument("--config", metavar="FILE", help="training recipe YAML (default: the shipped recipe)")
     t.add_argument("--seed", type=int, help="seed of every random draw")
     add_set_flag(t, "override a recipe field, e.g. --set unet_steps=200 (repeatable)")
@@ -129,7 +136,7 @@ def _gates(args) -> int:
     from ..artifacts import write_json
     from ..toy.gates import measure_gates
 
-    report = measure_gates(n_per_colour=args.n, progress=True)
+    report = measure_gates(n_per_colour=args.n, progress=True, family=args.family, pipeline=args.pipeline)
     for line in report["lines"]:
         print(line)
     if args.json:
@@ -147,6 +154,16 @@ def _train(args) -> int:
         raise TRCEError(f"--threads must be >= 1 (got {args.threads})")
     torch.set_num_threads(args.threads)
 
+    if args.family == "flux":
+        from ..toy.flux_train import FluxTrainConfig, train_flux_toy
+
+        cfg = FluxTrainConfig.load(args.config, _overrides(args, {"seed": args.seed}))
+        log = train_flux_toy(cfg, args.output, overwrite=args.overwrite, progress=not args.no_progress)
+        print(
+            f"wrote {args.output}: FLUX transformer + T5 + CLIP {log['timings']['total_s'] / 60:.1f} min "
+            f"({log['timings']['total_cpu_s'] / 60:.1f} CPU-min) on {log['threads']} thread(s)"
+        )
+        return 0
     cfg = ToyTrainConfig.load(args.config, _overrides(args, {"seed": args.seed}))
     log = train_toy(cfg, args.output, overwrite=args.overwrite, progress=not args.no_progress)
     t = log["timings"]

@@ -2,6 +2,7 @@
 
 `trce_ray/toy/weights/` holds `pipeline/` (diffusers layout, float16 safetensors), `classifier.safetensors`,
 `train_config.yaml` (the recipe: `trce-ray toy train --config` it to reproduce the weights) and `train_log.json`.
+`trce_ray/toy/weights-flux/` holds the FLUX toy the same way (`pipeline/`, recipe, log; it shares the classifier).
 """
 
 from __future__ import annotations
@@ -23,6 +24,16 @@ def toy_pipeline_dir() -> Path:
     return path
 
 
+def flux_toy_pipeline_dir() -> Path:
+    path = toy_weights_dir().parent / "weights-flux" / "pipeline"
+    if not (path / "model_index.json").exists():
+        raise TRCEError(
+            "the FLUX toy model is not in this install yet; train it with "
+            "`trce-ray toy train --family flux --output trce_ray/toy/weights-flux`"
+        )
+    return path
+
+
 def toy_classifier_path() -> Path:
     path = toy_weights_dir() / "classifier.safetensors"
     if not path.is_file():
@@ -30,11 +41,11 @@ def toy_classifier_path() -> Path:
     return path
 
 
-def load_toy_pipeline(device: str = "cpu"):
-    """The shipped toy StableDiffusionPipeline (float32)."""
+def load_toy_pipeline(device: str = "cpu", family: str = "sd"):
+    """The shipped toy pipeline (float32): the StableDiffusionPipeline, or with family="flux" the FluxPipeline."""
     from ..models import load_pipeline
 
-    return load_pipeline(str(toy_pipeline_dir()), device=device)
+    return load_pipeline(str(flux_toy_pipeline_dir() if family == "flux" else toy_pipeline_dir()), device=device)
 
 
 def load_toy_classifier():

@@ -85,6 +85,26 @@ def prompt_sets(
     return sets
 
 
+def _start(pipe, chunk: list[PromptRow], guidance: float) -> tuple[torch.Tensor, dict]:
+    """Starting latents (row i's from row i's seed alone) and the call's guidance arguments. FLUX takes its latents
+    packed into 2x2 patches, and the FLUX toy (no guidance embedding) true CFG against "" (the adapter's)."""
+    gens = [torch.Generator(device="cpu").manual_seed(r.seed) for r in chunk]
+    if getattr(pipe, "transformer", None) is None:
+        net = pipe.unet
+        shape = (net.config.in_channels, net.config.sample_size, net.config.sample_size)
+        latents = torch.stack([torch.randn(shape, generator=g) for g in gens])
+        return latents.to(net.device, net.dtype), {"guidance_scale": guidance}
+    from ..models import adapter_for
+    from ..models.flux import pack
+    from .world import SIZE
+
+    adapter, net = adapter_for(pipe), pipe.transformer
+    shape = adapter.latent_shape(SIZE, SIZE)
+    latents = pack(torch.stack([torch.randn(shape, generator=g) for g in gens]))
+    kwargs = {"height": SIZE, "width": SIZE, **adapter.generation_kwargs(guidance, len(chunk))}
+    return latents.to(net.device, net.dtype), kwargs
+
+
 @torch.no_grad()
 def generate(
     pipe,
@@ -96,15 +116,12 @@ def generate(
     embeds: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Images in [-1, 1], [N, 3, H, W]; row i's starting noise comes from row i's seed alone, so batching and
-    order never change an image. `embeds` ([N, 77, d]): text-encoder outputs to draw from instead of the rows'
-    prompts (same seeds)."""
+    order never change an image. Works for the SD toy and the FLUX toy. `embeds` ([N, L, d]): text-encoder outputs to
+    draw from instead of the rows' prompts (SD toy; same seeds)."""
     out = []
     for i in range(0, len(rows), batch_size):
         chunk = rows[i : i + batch_size]
-        device = pipe.unet.device
-        gens = [torch.Generator(device="cpu").manual_seed(r.seed) for r in chunk]
-        shape = (pipe.unet.config.in_channels, pipe.unet.config.sample_size, pipe.unet.config.sample_size)
-        latents = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device, pipe.unet.dtype)
+        latents, kwargs = _start(pipe, chunk, guidance)
         text = (
             {"prompt": [r.prompt for r in chunk]} if embeds is None else {"prompt_embeds": embeds[i : i + batch_size]}
         )
@@ -112,8 +129,8 @@ def generate(
             **text,
             latents=latents,
             num_inference_steps=steps,
-            guidance_scale=guidance,
             output_type="pt",
+            **kwargs,
         ).images
         out.append(images.float().cpu() * 2 - 1)
         if bar is not None:

@@ -8,15 +8,24 @@ PARAPHRASE_GATE = 0.80  # ... and for held-out paraphrases
 
 
 def measure_gates(
-    n_per_colour: int = 16, steps: int = 20, guidance: float = 5.0, seed: int = 0, progress: bool = False
+    n_per_colour: int = 16,
+    steps: int = 20,
+    guidance: float = 5.0,
+    seed: int = 0,
+    progress: bool = False,
+    family: str = "sd",
+    pipeline: str | None = None,
 ) -> dict:
-    """Measure the three gates on the shipped weights; `lines` is a printable summary."""
+    """Measure the three gates on the shipped weights of `family` (sd or flux; both are read by the shipped
+    classifier), or on the pipeline folder `pipeline`; `lines` is a printable summary."""
+    from ..models import load_pipeline
     from .assets import load_toy_classifier, load_toy_pipeline
     from .bench import classifier_accuracy, fidelity
 
+    pipe = load_pipeline(pipeline) if pipeline else load_toy_pipeline(family=family)
     classifier = load_toy_classifier()
     acc = classifier_accuracy(classifier)
-    fid = fidelity(load_toy_pipeline(), classifier, n_per_colour, steps, guidance, seed, progress=progress)
+    fid = fidelity(pipe, classifier, n_per_colour, steps, guidance, seed, progress=progress)
     checks = [
         ("classifier accuracy on fresh renders (colour and shape)", acc["both"], CLASSIFIER_GATE),
         ("original model draws the asked colour, direct prompts", fid["direct"], DIRECT_GATE),
@@ -31,5 +40,12 @@ def measure_gates(
         "fidelity": fid,
         "passed": all(v >= g for _, v, g in checks),
         "lines": lines,
-        "settings": {"n_per_colour": n_per_colour, "steps": steps, "guidance": guidance, "seed": seed},
+        "settings": {
+            "family": family,
+            "pipeline": pipeline,
+            "n_per_colour": n_per_colour,
+            "steps": steps,
+            "guidance": guidance,
+            "seed": seed,
+        },
     }

@@ -17,24 +17,22 @@ from typing import Literal
 
 import numpy as np
 import torch
-import yaml
 from pydantic import Field, PositiveFloat, PositiveInt
 from tqdm.auto import tqdm
 
 from ..artifacts import atomic_dir, write_json
-from ..config.base import Section
 from ..errors import TRCEError
 from ..models.tiny import sd_pipeline
 from .classifier import ToyClassifier, save_classifier
 from .model import ArchConfig, build_scheduler, build_text_encoder, build_unet, build_vae
-from .settings import load_section
+from .settings import Recipe
 from .world import render_batch
 
 PIPELINE_DIR, CLASSIFIER_FILE = "pipeline", "classifier.safetensors"
 CONFIG_FILE, LOG_FILE = "train_config.yaml", "train_log.json"
 
 
-class ToyTrainConfig(Section):
+class ToyTrainConfig(Recipe):
     """The whole recipe. Defaults reproduce the shipped weights."""
 
     seed: int = 0
@@ -56,14 +54,6 @@ class ToyTrainConfig(Section):
     clf_lr: PositiveFloat = 2e-3
     save_dtype: Literal["float16", "float32"] = "float16"  # storage dtype of the pipeline (loaded as float32)
     log_every: PositiveInt = 50
-
-    def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
-
-    @classmethod
-    def load(cls, path: str | Path | None = None, overrides: dict | None = None):
-        """Read a YAML file (optional), apply dotted overrides, validate (errors name the field)."""
-        return load_section(cls, path, overrides)
 
 
 def _lr_lambda(warmup: int, total: int):
@@ -136,19 +126,46 @@ def _caption_ids(tokenizer, captions: list[str], cache: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def encode_dataset(cfg: ToyTrainConfig, vae, progress: bool = True):
-    """Render `dataset_size` scenes once and keep their latent posteriors (mean, std): the VAE encoder then costs
-    nothing per training step, while captions and latent samples are drawn afresh every time a scene is used."""
-    rng = np.random.default_rng([cfg.seed, 4])
+def encode_dataset(seed: int, size: int, vae, progress: bool = True):
+    """Render `size` scenes once and keep their latent posteriors (mean, std): the VAE encoder then costs nothing
+    per training step, while captions and latent samples are drawn afresh every time a scene is used."""
+    rng = np.random.default_rng([seed, 4])
     means, stds, scenes = [], [], []
-    chunks = range(0, cfg.dataset_size, 256)
+    chunks = range(0, size, 256)
     for i in tqdm(chunks, desc="toy train: encode dataset", disable=not progress):
-        x, sc = _images(rng, min(256, cfg.dataset_size - i))
+        x, sc = _images(rng, min(256, size - i))
         post = vae.encode(x).latent_dist
         means.append(post.mean)
         stds.append(post.std)
         scenes += sc
     return torch.cat(means), torch.cat(stds), scenes
+
+
+def optimise(groups: list[dict], cfg, steps: int, step_loss, desc: str, progress: bool = True) -> list[dict]:
+    """AdamW (no weight decay: unused vocabulary rows keep their initial values) over parameter `groups`, linear
+    warm-up then cosine, gradient clipping at 1, and an EMA (warm-up (1+k)/(10+k)) copied into the parameters at
+    the end. `step_loss(step)` returns (the loss to minimise, the value to log). Returns the logged means."""
+    opt = torch.optim.AdamW(groups, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, steps))
+    params = [p for g in groups for p in g["params"]]
+    ema = [p.detach().clone() for p in params]
+    log = _Log(cfg.log_every)
+    bar = tqdm(range(steps), desc=desc, disable=not progress)
+    for step in bar:
+        loss, logged = step_loss(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
+        log.add(step, logged, bar)
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    return log.rows
 
 
 def train_denoiser(cfg: ToyTrainConfig, vae, progress: bool = True):
@@ -157,7 +174,7 @@ def train_denoiser(cfg: ToyTrainConfig, vae, progress: bool = True):
     from ..models.tokenizer import clip_tokenizer
     from .world import caption
 
-    means, stds, scenes = encode_dataset(cfg, vae, progress)
+    means, stds, scenes = encode_dataset(cfg.seed, cfg.dataset_size, vae, progress)
     torch.manual_seed(cfg.seed + 2)
     rng = np.random.default_rng([cfg.seed, 2])
     gen = torch.Generator().manual_seed(cfg.seed + 2)
@@ -168,20 +185,10 @@ def train_denoiser(cfg: ToyTrainConfig, vae, progress: bool = True):
     noise_sched = build_scheduler()
     alphas = noise_sched.alphas_cumprod
     snr = alphas / (1 - alphas)
-    opt = torch.optim.AdamW(
-        [
-            {"params": unet.parameters(), "lr": cfg.unet_lr},
-            {"params": text_encoder.parameters(), "lr": cfg.text_lr},
-        ],
-        weight_decay=0.0,
-    )  # no decay: unused vocabulary rows keep their initial values
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup, cfg.unet_steps))
-    params = list(unet.parameters()) + list(text_encoder.parameters())
-    ema = [p.detach().clone() for p in params]
-    log, cache = _Log(cfg.log_every), {}
+    cache = {}
     scale = vae.config.scaling_factor
-    bar = tqdm(range(cfg.unet_steps), desc="toy train: UNet + text encoder", disable=not progress)
-    for step in bar:
+
+    def step_loss(step: int):
         idx = torch.randint(0, len(scenes), (cfg.unet_batch,), generator=gen)
         captions = [caption(rng, scenes[i], templates) for i in idx.tolist()]
         z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scale
@@ -193,20 +200,14 @@ def train_denoiser(cfg: ToyTrainConfig, vae, progress: bool = True):
         err = (unet(zt, t, encoder_hidden_states=hidden).sample - noise).pow(2).mean(dim=(1, 2, 3))
         # min-SNR-gamma (Hang et al. 2023): stop easy low-noise steps from dominating; colour is set at high noise
         weight = snr[t].clamp(max=cfg.min_snr_gamma) / snr[t]
-        loss = (weight * err).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(ema, [p.detach() for p in params], 1 - decay)
-        log.add(step, float(err.detach().mean()), bar)
-    with torch.no_grad():
-        for p, e in zip(params, ema):
-            p.copy_(e)
-    return text_encoder.eval(), unet.eval(), {"losses": log.rows, "distinct_captions": len(cache)}
+        return (weight * err).mean(), float(err.detach().mean())
+
+    groups = [
+        {"params": list(unet.parameters()), "lr": cfg.unet_lr},
+        {"params": list(text_encoder.parameters()), "lr": cfg.text_lr},
+    ]
+    rows = optimise(groups, cfg, cfg.unet_steps, step_loss, "toy train: UNet + text encoder", progress)
+    return text_encoder.eval(), unet.eval(), {"losses": rows, "distinct_captions": len(cache)}
 
 
 def train_classifier(cfg: ToyTrainConfig, vae, progress: bool = True):
