@@ -18,7 +18,7 @@ token, and the mean of the padding positions after the first [EoT].
 text-encoder outputs whose [EoT], padding, colour word, or everything from the colour word on come from the gray
 twin (an ideal edit of those positions), target rate by the toy classifier (20 DDIM steps, guidance 5).
 
-`grid`: per colour, the stage-1 settings of the grid (role sets may include `pad`, see `Stage1Maps`) scored with
+`grid`: per colour, the stage-1 settings of the grid (role sets may include `pad`) scored with
 the toy classifier like bench/toy_eta.py (24 direct, 24 held-out paraphrase, 6 prompts per other colour, 20 DDIM
 steps, guidance 5), the original first.
 """
@@ -53,43 +53,18 @@ from trce_ray.toy.world import (
 
 
 class Stage1Maps:
-    """M for one colour and token roles at any eta: the sums of Eq. 5 are embedded once, solved per eta.
-
-    Besides the project's roles, `pad` (this bench only) adds the padding positions after the first [EoT], paired
-    position by position counted from the [EoT] (CLIP pads with [EoT]; `all` stops at the first one)."""
+    """M for one colour and token roles at any eta: the sums of Eq. 5 are embedded once, solved per eta."""
 
     def __init__(self, adapter, colour: str, tokens: list[str], convention: str):
-        roles = [r for r in tokens if r != "pad"]
-        s1 = {"tokens": roles or ["eot"], "convention": convention}
+        s1 = {"tokens": tokens, "convention": convention}
         self.s1 = stage1_config(ToyDemoConfig(target=colour, device="cpu", stage1=s1)).stage1
         pairs, keep = stage1_prompts(self.s1)
-        parts = [erase_embeddings(adapter, pairs, resolve_roles(adapter, roles))] if roles else []
-        if "pad" in tokens:
-            parts.append(pad_rows(adapter, pairs))
-        e_m, e_s = (torch.cat([p[i] for p in parts]) for i in (0, 1))
+        e_m, e_s = erase_embeddings(adapter, pairs, resolve_roles(adapter, tokens))
         gram, q = preserve_gram(adapter, keep, self.s1.preserve_tokens)
         self.stats = stream_statistics(e_m, e_s, gram, q, len(pairs), len(keep))
 
     def map(self, eta: float) -> torch.Tensor:
         return solve_map(self.stats, eta, self.s1.convention, self.s1.ridge)
-
-
-@torch.no_grad()
-def pad_rows(adapter, pairs) -> tuple[torch.Tensor, torch.Tensor]:
-    """e_m / e_s rows of the padding positions after the first [EoT], paired counting from each prompt's [EoT]."""
-    em, es = [], []
-    for i in range(0, len(pairs), 64):
-        chunk = pairs[i : i + 64]
-        m = adapter.encode_text([p.erase for p in chunk])
-        s = adapter.encode_text([p.target for p in chunk])
-        hm, hs = m.hidden.double(), s.hidden.double()
-        length = hm.shape[1]
-        for j in range(len(chunk)):
-            a, b = int(m.segments[0].eot_index[j]) + 1, int(s.segments[0].eot_index[j]) + 1
-            n = min(length - a, length - b)
-            em.append(hm[j, a : a + n])
-            es.append(hs[j, b : b + n])
-    return torch.cat(em), torch.cat(es)
 
 
 def paired(target: str, n: int = 48) -> dict[str, dict[str, list[tuple[str, str]]]]:

@@ -52,6 +52,11 @@ def test_sdxl_eot_is_found_in_each_half_from_its_own_ids(pipes):
     # last = the last content token of tokenizer 1 ("!!" at 3); all = 0..5
     assert role_rows([pair], {"clip": ["eot", "last"]}, m, s) == ([(0, 5), (0, 3)], [(0, 4), (0, 3)])
     assert role_rows([pair], {"clip": ["all"]}, m, s)[0] == [(0, p) for p in range(6)]
+    # pad: the j-th position after each prompt's [EoT] (5 and 4), as many as both have (71 of 77 - 6)
+    assert role_rows([pair], {"clip": ["pad"]}, m, s) == (
+        [(0, p) for p in range(6, 77)],
+        [(0, p) for p in range(5, 76)],
+    )
     # the "first pad id" rule would have stopped at the literal "!" in half 2
     assert int((ids_2[0] == pipe.tokenizer_2.pad_token_id).nonzero()[0]) == 6 != CLIP_EOT
 
@@ -116,6 +121,9 @@ def test_role_errors_explain_the_segments():
         parse_roles(["sot"], ("t5",), {"t5": ("eot",)})
     with pytest.raises(TRCEError, match=r"'t5:sot' |'sot' does not exist on the t5 segment"):
         parse_roles(["t5:sot"], ("clip", "t5"), {"clip": ("eot",), "t5": ("eot",)})
+    with pytest.raises(TRCEError, match=r"'pad' does not exist on the t5 segment"):
+        parse_roles(["t5:pad"], ("clip", "t5"), {"clip": ("eot",), "t5": ("eot",)})
+    assert parse_roles(["pad"], ("clip", "t5"), {"clip": ("eot",), "t5": ("last",)})["t5"] == ["last"]
     with pytest.raises(TRCEError, match="names the t5 segment, but this model's text has only clip"):
         parse_roles(["t5:last"], ("clip",), {"clip": ("eot",)})
     # a bare role applies where it exists: sot on SD3 goes to CLIP only; an unnamed segment keeps its default

@@ -68,3 +68,44 @@ def test_only_cross_attention_keys_and_values_changed(erased):
     assert edited > 0 and base_params > 0
     for a, b in zip(base.text_encoder.parameters(), pipe.text_encoder.parameters()):
         assert torch.equal(a, b)
+
+
+def test_pad_role_rows_are_the_positions_after_each_eot_and_erase_blue_that_eot_alone_leaves():
+    """The `pad` role (docs/toy.md, "Why some colours resist"): its rows are the hidden states after each prompt's
+    first [EoT], sliced here by hand; with them stage 1 erases blue, which `[eot]` alone leaves drawn.
+
+    Measured when the thresholds were set (16 direct + 16 paraphrase prompts, seed 0, normalised eta 10): `[eot]`
+    blue 31% / 31%, preservation 100%; `[eot, pad]` 0% / 0%, preservation 96.4%."""
+    from trce_ray.artifacts import apply_delta
+    from trce_ray.models import adapter_for
+    from trce_ray.stage1.embeddings import erase_embeddings
+    from trce_ray.stage1.run import compute_stage1, stage1_prompts
+
+    pipe, classifier = load_toy_pipeline(), load_toy_classifier()
+    adapter = adapter_for(pipe)
+    s1 = {"convention": "normalised", "eta": 10.0}
+    cfg = stage1_config(ToyDemoConfig(target="blue", device="cpu", stage1=s1)).stage1
+    pairs, keep = stage1_prompts(cfg)
+    em, es = erase_embeddings(adapter, pairs[:3], ["pad"])
+    m, s = adapter.encode_text([p.erase for p in pairs[:3]]), adapter.encode_text([p.target for p in pairs[:3]])
+    want_m, want_s = [], []
+    for i in range(3):
+        a, b = int((m.input_ids[i] == 49407).nonzero()[0]) + 1, int((s.input_ids[i] == 49407).nonzero()[0]) + 1
+        n = 77 - max(a, b)
+        want_m.append(m.hidden[i, a : a + n].double())
+        want_s.append(s.hidden[i, b : b + n].double())
+    assert torch.equal(em, torch.cat(want_m)) and torch.equal(es, torch.cat(want_s))
+
+    sets = prompt_sets("blue", n_direct=16, n_paraphrase=16, n_per_colour=4, seed=0)
+    original = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    rates = {}
+    for tokens in (["eot"], ["eot", "pad"]):
+        c = cfg.model_copy(update={"tokens": tokens})
+        apply_delta(pipe.unet, compute_stage1(adapter, pairs, keep, c).delta)
+        preds = {k: classify(classifier, generate(pipe, sets[k], steps=20, guidance=5.0)) for k in SET_NAMES}
+        rates[tuple(tokens)] = score("blue", sets, preds)
+        pipe.unet.load_state_dict(original)
+    eot, pad = rates[("eot",)], rates[("eot", "pad")]
+    assert eot["direct"] + eot["paraphrase"] >= 0.4, eot  # [eot] alone leaves blue drawn (measured 0.625)
+    assert pad["direct"] <= 0.15 and pad["paraphrase"] <= 0.15, pad
+    assert pad["preservation"] >= eot["preservation"] - 0.1, (eot, pad)

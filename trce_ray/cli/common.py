@@ -118,8 +118,8 @@ def add_stage1_flags(p: argparse.ArgumentParser) -> None:
         action="append",
         choices=None,
         metavar="ROLE",
-        help="token role to remap: eot, last, key, all, sot, or SEGMENT:ROLE with SEGMENT clip or t5 (repeatable; "
-        "default: the model family's, see docs/models.md)",
+        help="token role to remap: eot, last, key, all, sot, pad, or SEGMENT:ROLE with SEGMENT clip or t5 "
+        "(repeatable; default: the model family's, see docs/models.md)",
     )
     g.add_argument(
         "--preserve-tokens",

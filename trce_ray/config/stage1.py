@@ -10,7 +10,7 @@ from pydantic import field_validator, model_validator
 
 from .base import Section, at_least_one, non_negative
 
-ROLES = ("eot", "last", "key", "all", "sot")  # see trce_ray.models.tokens
+ROLES = ("eot", "last", "key", "all", "sot", "pad")  # see trce_ray.models.tokens
 SEGMENTS = ("clip", "t5")
 Convention = Literal["paper", "authors", "normalised"]
 Family = Literal["person", "artist", "object"]

@@ -7,6 +7,10 @@ Roles, per token segment (a run of positions from one tokenizer: "clip" or "t5")
 * `key`: the tokens of the [bracketed] keyword, found from the tokenizer's character offsets.
 * `all`: every non-pad position, `[SoT]` (CLIP) through `eot`.
 * `sot`: CLIP's [SoT] at position 0 (the paper's Table 4); T5 has no start token.
+* `pad`: CLIP's padding positions after the first [EoT]. CLIP's attention is causal, so they have seen the whole
+  prompt, and a UNet cross-attends to all 77 positions: on the toy world the colour is read from them as much as from
+  the [EoT] (docs/toy.md, "Why some colours resist"). Erase and target positions pair counting from each prompt's
+  [EoT]. CLIP only: T5 attends both ways and its padding is masked out.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import torch
 
 from ..errors import TRCEError
 
-ROLES = ("eot", "last", "key", "all", "sot")
+ROLES = ("eot", "last", "key", "all", "sot", "pad")
+CLIP_ONLY = ("sot", "pad")
 SEGMENTS = ("clip", "t5")
 T5_ROLES = (
     "eot (the </s> T5 appends after the prompt), last (the last content token, before </s>), key (the [bracketed] "
@@ -68,10 +73,10 @@ def parse_roles(tokens: list[str] | None, segments: tuple[str, ...], defaults: d
             raise TRCEError(
                 f"token role {item!r} names the {seg} segment, but this model's text has only {', '.join(segments)}"
             )
-        if role == "sot" and seg == "t5" or role == "sot" and not seg and segments == ("t5",):
-            raise TRCEError(f"token role 'sot' does not exist on the t5 segment; T5 roles are: {T5_ROLES}")
+        if role in CLIP_ONLY and (seg == "t5" or not seg and segments == ("t5",)):
+            raise TRCEError(f"token role {role!r} does not exist on the t5 segment; T5 roles are: {T5_ROLES}")
         for s in [seg] if seg else segments:
-            if not (role == "sot" and s == "t5") and role not in out[s]:
+            if not (role in CLIP_ONLY and s == "t5") and role not in out[s]:
                 out[s].append(role)
     return {s: out[s] or list(defaults[s]) for s in segments}
 
@@ -104,6 +109,8 @@ def role_positions(segment, i: int, role: str, key: list[int] | None = None) -> 
         return list(range(eot + 1))
     if role == "sot":
         return [0]
+    if role == "pad":
+        return list(range(eot + 1, segment.input_ids.shape[1]))
     if role == "key":
         return list(key or [])
     raise TRCEError(f"unknown token role {role!r}; roles are {', '.join(ROLES)}")

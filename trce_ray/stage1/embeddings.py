@@ -64,7 +64,8 @@ def role_rows(pairs: list[PromptPair], roles: Roles, m: TextEmbeddings, s: TextE
 
     `eot`, `last` and `sot` pair like with like; each `key` token of the erase prompt pairs with the target's last
     key token (if marked) or its `eot`; `all` pairs position j of the erase prompt with position j of the target,
-    for every non-pad position j of the erase prompt (both are padded to the same length).
+    for every non-pad position j of the erase prompt (both are padded to the same length); `pad` pairs the j-th
+    position after the erase prompt's [EoT] with the j-th after the target's, as many as both have.
     """
     rows_m, rows_s = [], []
     if m.pooled:
@@ -86,6 +87,9 @@ def role_rows(pairs: list[PromptPair], roles: Roles, m: TextEmbeddings, s: TextE
                     ps = (target[-1:] or [eot_s[i]]) * len(pm)
                 elif role == "all":
                     pm = ps = role_positions(seg_m, i, "all")
+                elif role == "pad":  # j-th position after the erase prompt's [EoT] with the target's j-th
+                    pm, ps = role_positions(seg_m, i, "pad"), role_positions(seg_s, i, "pad")
+                    pm, ps = pm[: len(ps)], ps[: len(pm)]
                 else:
                     pm, ps = role_positions(seg_m, i, role), role_positions(seg_s, i, role)
                 rows_m += [(i, seg_m.start + p) for p in pm]
