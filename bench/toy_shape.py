@@ -35,6 +35,7 @@ from trce_ray.stage2.run import run_stage2
 from trce_ray.toy.assets import load_toy_classifier, load_toy_pipeline
 from trce_ray.toy.bench import EVAL_TEMPLATES, PromptRow, classify, generate
 from trce_ray.toy.demo import ToyDemoConfig
+from trce_ray.toy.packs import object_prompts
 from trce_ray.toy.rows import TOY_TRAIN
 from trce_ray.toy.world import COLOURS, SHAPE_WORDS, SHAPES, object_phrase, pack_words
 from trce_ray.workflow import run_erasure
@@ -56,19 +57,8 @@ def write_pack(shape: str, anchor: str, folder: Path) -> Path:
 
 
 def write_preservation(shape: str, folder: Path, n: int = 400, seed: int = 0) -> Path:
-    from trce_ray.concepts import load_templates
-
-    templates = load_templates()[:15]
     rng = np.random.default_rng([seed, SHAPES.index(shape), 7])
-    others = [s for s in SHAPES if s != shape]
-    lines = []
-    while len(lines) < n:
-        colour = COLOURS[int(rng.integers(len(COLOURS)))]
-        words = pack_words(colour)
-        expr = None if rng.random() < 0.1 else words[int(rng.integers(len(words)))]
-        other = others[int(rng.integers(len(others)))]
-        phrase = object_phrase(expr, SHAPE_WORDS[other][int(rng.integers(len(SHAPE_WORDS[other])))])
-        lines.append(templates[int(rng.integers(len(templates)))].replace("{}", phrase, 1))
+    lines = object_prompts(rng, COLOURS, [s for s in SHAPES if s != shape], n)
     path = folder / f"preserve-{shape}.txt"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -51,17 +51,22 @@ def pack_yaml(colour: str) -> str:
 def preserve_prompts(target: str, n: int = N_PRESERVE, seed: int = 0) -> list[str]:
     """Stage-1 preservation prompts for erasing `target`: every other colour (pack vocabulary) on every shape,
     inside the pack templates, plus colourless shapes; the analogue of the paper's COCO captions."""
+    rng = np.random.default_rng([seed, COLOURS.index(target)])
+    return object_prompts(rng, [c for c in COLOURS if c != target], SHAPES, n)
+
+
+def object_prompts(rng: np.random.Generator, colours, shapes, n: int) -> list[str]:
+    """n prompts, each a random colour of `colours` (pack vocabulary, 10% colourless) on a random shape of `shapes`
+    (any of its words), inside one of the first 15 pack templates."""
     from ..concepts import load_templates
 
     templates = load_templates()[:15]
-    rng = np.random.default_rng([seed, COLOURS.index(target)])
-    others = [c for c in COLOURS if c != target]
     out: list[str] = []
     while len(out) < n:
-        colour = others[int(rng.integers(len(others)))]
+        colour = colours[int(rng.integers(len(colours)))]
         words = pack_words(colour)
         expr = None if rng.random() < 0.1 else words[int(rng.integers(len(words)))]
-        shape = SHAPES[int(rng.integers(len(SHAPES)))]
+        shape = shapes[int(rng.integers(len(shapes)))]
         phrase = object_phrase(expr, SHAPE_WORDS[shape][int(rng.integers(len(SHAPE_WORDS[shape])))])
         out.append(templates[int(rng.integers(len(templates)))].replace("{}", phrase, 1))
     return out
