@@ -47,9 +47,9 @@ def kept_preservation(erased: list[str], folder: Path) -> str:
     return str(path)
 
 
-def erase(erased: list[str], stages: list[str], samples: int, folder: Path) -> dict[str, object]:
+def erase(erased: list[str], stages: list[str], samples: int, folder: Path, stage1: dict) -> dict[str, object]:
     """The erased pipelines of one set: TRCE(T) and, with "visual" in `stages`, TRCE(T+V) on top of it."""
-    demo = ToyDemoConfig(target=erased[0], device="cpu")
+    demo = ToyDemoConfig(target=erased[0], device="cpu", stage1=stage1)
     cfg = stage2_config(demo, folder / "cache").model_dump(mode="json")
     cfg["stage1"].update(concept=None, concepts=[pack_name(c) for c in erased])
     cfg["stage1"]["preserve_prompts"] = kept_preservation(erased, folder)
@@ -70,7 +70,10 @@ def main() -> None:
     ap.add_argument("--per-colour", type=int, default=24, help="direct and paraphrase prompts per erased colour")
     ap.add_argument("--stages", default="text", help="text, or text,visual for TRCE(T+V) rows as well")
     ap.add_argument("--samples-per-colour", type=int, default=100, help="stage 2's malicious trajectories per colour")
+    ap.add_argument("--tokens", nargs="+", default=None, help="stage-1 token roles (default: the demo's, [eot])")
+    ap.add_argument("--eta", type=float, default=None, help="stage-1 eta (default: the demo's)")
     args = ap.parse_args()
+    stage1 = {k: v for k, v in (("tokens", args.tokens), ("eta", args.eta)) if v is not None}
     torch.set_num_threads(1)
     pipe, classifier = load_toy_pipeline(), load_toy_classifier()
     folder = Path(tempfile.mkdtemp(prefix="trce-toy-multi-"))
@@ -98,7 +101,7 @@ def main() -> None:
         erased = s.split(",")
         before, reference = rates(pipe, erased, None)
         results = [("original", before)]
-        for label, model in erase(erased, args.stages.split(","), args.samples_per_colour, folder).items():
+        for label, model in erase(erased, args.stages.split(","), args.samples_per_colour, folder, stage1).items():
             results.append((label, rates(model, erased, reference)[0]))
         for label, r in results:
             cells = [
