@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -34,9 +35,10 @@ from trce_ray.toy.world import COLOURS, pack_words
 from trce_ray.workflow import run_erasure
 
 
-def kept_preservation(erased: list[str], folder: Path) -> str:
-    """The demo's preservation files of the erased colours, merged, without a line naming any erased colour."""
-    words = [w.lower() for c in erased for w in pack_words(c)]
+def kept_preservation(erased: list[str], folder: Path, drop: list[str] = ()) -> str:
+    """The demo's preservation files of the erased colours, merged, without a line naming any erased colour (or any
+    colour of `drop`, which stays kept and measured: issue 13's test of whether a kept neighbour pulls back)."""
+    words = [w.lower() for c in [*erased, *drop] for w in pack_words(c)]
     lines = []
     for colour in erased:
         for line in preserve_file(colour).read_text().splitlines():
@@ -47,12 +49,14 @@ def kept_preservation(erased: list[str], folder: Path) -> str:
     return str(path)
 
 
-def erase(erased: list[str], stages: list[str], samples: int, folder: Path, stage1: dict) -> dict[str, object]:
+def erase(
+    erased: list[str], stages: list[str], samples: int, folder: Path, stage1: dict, drop: list[str] = ()
+) -> dict[str, object]:
     """The erased pipelines of one set: TRCE(T) and, with "visual" in `stages`, TRCE(T+V) on top of it."""
     demo = ToyDemoConfig(target=erased[0], device="cpu", stage1=stage1)
     cfg = stage2_config(demo, folder / "cache").model_dump(mode="json")
     cfg["stage1"].update(concept=None, concepts=[pack_name(c) for c in erased])
-    cfg["stage1"]["preserve_prompts"] = kept_preservation(erased, folder)
+    cfg["stage1"]["preserve_prompts"] = kept_preservation(erased, folder, drop)
     cfg["cache"]["malicious_samples"] = samples * len(erased)
     cfg = validate(TRCEConfig, cfg)
     out = folder / "-".join(erased)
@@ -72,8 +76,22 @@ def main() -> None:
     ap.add_argument("--samples-per-colour", type=int, default=100, help="stage 2's malicious trajectories per colour")
     ap.add_argument("--tokens", nargs="+", default=None, help="stage-1 token roles (default: the demo's, [eot])")
     ap.add_argument("--eta", type=float, default=None, help="stage-1 eta (default: the demo's)")
+    ap.add_argument(
+        "--eta-per-concept",
+        action="store_true",
+        help="divide --eta by the number of colours erased: in the normalised convention the erase term is a mean "
+        "over every concept's rows, so this keeps each concept's weight against preservation as when erased alone",
+    )
+    ap.add_argument(
+        "--drop-preserve",
+        nargs="+",
+        default=[],
+        help="kept colours whose lines also leave the preservation prompts (still measured as kept)",
+    )
     args = ap.parse_args()
     stage1 = {k: v for k, v in (("tokens", args.tokens), ("eta", args.eta)) if v is not None}
+    if args.eta_per_concept and args.eta is None:
+        ap.error("--eta-per-concept needs --eta")
     torch.set_num_threads(1)
     pipe, classifier = load_toy_pipeline(), load_toy_classifier()
     folder = Path(tempfile.mkdtemp(prefix="trce-toy-multi-"))
@@ -91,17 +109,22 @@ def main() -> None:
                 out[f"{c} {name}"] = float((pred == COLOURS.index(c)).float().mean())
         rows = [r for r in kept_rows if COLOURS[r.colour] not in erased]
         got = classify(classifier, generate(model, rows))
-        out["kept"] = float((got["colour"] == torch.tensor([r.colour for r in rows])).float().mean())
+        truth = torch.tensor([r.colour for r in rows])
+        out["kept"] = float((got["colour"] == truth).float().mean())
+        misses = Counter(COLOURS[int(c)] for c in truth[got["colour"] != truth])
+        out["misses"] = ", ".join(f"{c} {n}" for c, n in sorted(misses.items(), key=lambda kv: COLOURS.index(kv[0])))
         out["fid"] = 0.0 if reference is None else frechet_distance(reference, got["features"])
         return out, got["features"]
 
     print("| erased at once | model | " + " | ".join(f"{c} direct / paraphrase" for c in every), end="")
-    print(" | kept colours | FID_gen |\n|---|---|" + "---|" * len(every) + "---|---|", flush=True)
+    print(" | kept colours | kept misread | FID_gen |\n|---|---|" + "---|" * len(every) + "---|---|---|", flush=True)
     for s in args.sets:
         erased = s.split(",")
         before, reference = rates(pipe, erased, None)
         results = [("original", before)]
-        for label, model in erase(erased, args.stages.split(","), args.samples_per_colour, folder, stage1).items():
+        per_set = {**stage1, "eta": args.eta / len(erased)} if args.eta_per_concept else stage1
+        models = erase(erased, args.stages.split(","), args.samples_per_colour, folder, per_set, args.drop_preserve)
+        for label, model in models.items():
             results.append((label, rates(model, erased, reference)[0]))
         for label, r in results:
             cells = [
@@ -109,7 +132,7 @@ def main() -> None:
                 for c in every
             ]
             line = f"| {len(erased)}: {s} | {label} | " + " | ".join(cells)
-            print(line + f" | {100 * r['kept']:.1f}% | {r['fid']:.2f} |", flush=True)
+            print(line + f" | {100 * r['kept']:.1f}% | {r['misses'] or '-'} | {r['fid']:.2f} |", flush=True)
 
 
 if __name__ == "__main__":
