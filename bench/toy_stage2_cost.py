@@ -1,0 +1,84 @@
+"""What stage 2 trains and how its loss moves, per trial of a finished stage-2 sweep on the toy world (issue 15):
+
+    PYTHONPATH=. python bench/toy_stage2_cost.py runs/sweep-colours-stage2
+
+Prints the size of the parameter set stage 2 trains on the toy UNet (`train.params`, `train.blocks` of the sweep's
+config) against the whole UNet, then one row per trial: its swept values, L_erase and L_preserve (the latter also
+times lambda, its share of the total) averaged over the first, middle and last tenth of the steps, the fraction of
+steps whose L_erase is above 0 (the hinge still pulls), and the trial's toy metrics from sweep.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from trce_ray.config import load_config
+from trce_ray.stage2.run import training_curve
+
+METRICS = ("toy/direct", "toy/paraphrase", "toy/preservation", "fid_gen/toy-preservation")
+
+
+def parameter_share(cfg) -> tuple[int, int, int]:
+    """(trained tensors, trained parameters, all UNet parameters) of the toy pipeline for `cfg.train`."""
+    from trce_ray.models.loading import adapter_for
+    from trce_ray.toy.assets import load_toy_pipeline
+
+    adapter = adapter_for(load_toy_pipeline())
+    params = dict(adapter.denoiser.named_parameters())
+    names = adapter.trainable_parameter_names(cfg.train.params, cfg.train.blocks)
+    return len(names), sum(params[n].numel() for n in names), sum(p.numel() for p in params.values())
+
+
+def windows(values: np.ndarray) -> list[float]:
+    """Means of the first, middle and last tenth of a curve."""
+    k = max(1, len(values) // 10)
+    mid = len(values) // 2
+    return [float(values[:k].mean()), float(values[mid - k // 2 : mid - k // 2 + k].mean()), float(values[-k:].mean())]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("sweep", help="a finished `trce-ray sweep --stages text,visual` output folder")
+    args = ap.parse_args()
+    root = Path(args.sweep)
+    cfg = load_config(str(root / "sweep_config.yaml"), {})
+    tensors, trained, total = parameter_share(cfg)
+    print(
+        f"stage 2 trains {tensors} tensors, {trained:,} of the toy UNet's {total:,} parameters "
+        f"({100 * trained / total:.1f} %; train.params {cfg.train.params}, blocks {cfg.train.blocks})\n"
+    )
+    rows = {r["trial"]: r for r in csv.DictReader((root / "sweep.csv").open())}
+    print(
+        "| trial | steps | L_erase first / middle / last tenth | steps with L_erase > 0 | L_preserve first / middle / "
+        "last tenth | lambda x L_preserve, last tenth | direct | paraphrase | preservation | FID_gen |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for trial in sorted((root / "trials").iterdir()):
+        curve_file = trial / "erase" / "metrics.jsonl"
+        if not curve_file.is_file():
+            continue
+        curve = training_curve(trial / "erase")
+        erase = np.array([m["erase"] for m in curve])
+        preserve = np.array([m["preserve"] for m in curve])
+        lam = yaml.safe_load((trial / "erase" / "config.yaml").read_text())["train"]["lam"]
+        row = rows.get(trial.name, {})
+        e, p = windows(erase), windows(preserve)
+        cells = [
+            trial.name,
+            str(len(curve)),
+            " / ".join(f"{v:.4g}" for v in e),
+            f"{100 * float((erase > 0).mean()):.0f} %",
+            " / ".join(f"{v:.3g}" for v in p),
+            f"{lam * p[2]:.3g}",
+            *(row.get(k, "") for k in METRICS),
+        ]
+        print("| " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
