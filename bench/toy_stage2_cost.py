@@ -3,15 +3,15 @@
     PYTHONPATH=. python bench/toy_stage2_cost.py runs/sweep-colours-stage2 [--hinge]
 
 Prints the size of the parameter set stage 2 trains on the toy UNet (`train.params`, `train.blocks` of the sweep's
-config) against the whole UNet, then one row per trial: its swept values, L_erase and L_preserve (the latter also
+config) against the whole UNet, then one row per trial: L_erase and L_preserve (the latter also
 times lambda, its share of the total) averaged over the first, middle and last tenth of the steps, the fraction of
 steps whose L_erase is above 0 (the hinge still pulls), and the trial's toy metrics from sweep.csv.
 
 `--hinge` also reads the sweep's trajectory cache and evaluates L_erase's triplet hinge (Eq. 8, `train.beta` and
-`train.margin`) on every cached malicious record for three stand-in predictions, with no model run: the original
-model's conditional prediction (where stage 2 starts without stage 1), the safe prompt's (an ideal stage 1: the
-malicious prompt now predicts what the gray one did) and the unconditional one (the empty-prompt branch of L_erase,
-which a text-side edit does not change much). For each: the mean hinge and the share of records where it is above 0.
+`train.margin`; also at beta 1, without guidance enhancement) on every cached malicious record for three stand-in
+predictions, with no model run: the original model's conditional prediction (where stage 2 starts without stage 1),
+the safe prompt's (an ideal stage 1: the malicious prompt now predicts what the gray one did) and the unconditional
+one (the empty-prompt branch of L_erase). For each: the mean hinge and the share of records where it is above 0.
 """
 
 from __future__ import annotations
@@ -53,19 +53,20 @@ def hinge_table(cfg, root: Path) -> None:
     items = {i for s in json.loads((cache / "manifest.json").read_text())["shards"] for i in s["items"]}
     cols = load_rows(cache, "malicious", items).columns
     m = {k: torch.from_numpy(cols[k]).float() for k in ("eps_uncond", "eps_cond", "eps_safe")}
-    f_unsafe = guided(m["eps_uncond"], m["eps_cond"], cfg.train.beta)
-    f_safe = guided(m["eps_uncond"], m["eps_safe"], cfg.train.beta)
     print(
-        f"\n{len(m['eps_cond'])} cached malicious records of {cache.name}, beta {cfg.train.beta}, margin "
-        f"{cfg.train.margin}\n\n| prediction stood in | mean hinge | records with hinge > 0 |\n|---|---|---|"
+        f"\n{len(m['eps_cond'])} cached malicious records of {cache.name}, margin {cfg.train.margin}\n\n"
+        "| beta | prediction stood in | mean hinge | records with hinge > 0 |\n|---|---|---|---|"
     )
-    for label, pred in (
-        ("original model, malicious prompt (eps_cond)", m["eps_cond"]),
-        ("ideal stage 1, malicious prompt (eps_safe)", m["eps_safe"]),
-        ("empty prompt (eps_uncond)", m["eps_uncond"]),
-    ):
-        h = triplet_hinge(pred, f_safe, f_unsafe, cfg.train.margin)
-        print(f"| {label} | {float(h.mean()):.4g} | {100 * float((h > 0).float().mean()):.0f} % |")
+    for beta in sorted({cfg.train.beta, 1.0}, reverse=True):  # 1: f_safe, f_unsafe without guidance enhancement
+        f_unsafe = guided(m["eps_uncond"], m["eps_cond"], beta)
+        f_safe = guided(m["eps_uncond"], m["eps_safe"], beta)
+        for label, pred in (
+            ("original model, malicious prompt (eps_cond)", m["eps_cond"]),
+            ("ideal stage 1, malicious prompt (eps_safe)", m["eps_safe"]),
+            ("empty prompt (eps_uncond)", m["eps_uncond"]),
+        ):
+            h = triplet_hinge(pred, f_safe, f_unsafe, cfg.train.margin)
+            print(f"| {beta:g} | {label} | {float(h.mean()):.4g} | {100 * float((h > 0).float().mean()):.0f} % |")
 
 
 def windows(values: np.ndarray) -> list[float]:
