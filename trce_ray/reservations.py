@@ -43,7 +43,10 @@ class BundleCycle:
     """Hands each new actor of one pool the next of the pool's bundles (Ray Data calls it before each actor start).
 
     Pinning a pool to its own bundles matters when a phase has pools of different shapes: an actor free to take any
-    bundle could take a CPU from a GPU bundle and leave the other pool's actor no bundle to fit in.
+    bundle could take a CPU from a GPU bundle and leave the other pool's actor no bundle to fit in. A restarted actor
+    keeps its bundle (Ray restarts it with the same options); a replacement for one that died while starting gets
+    the next bundle in turn: its own when the pool has one actor, else the pool runs one short until that bundle
+    frees, never with another pool's bundle.
     """
 
     def __init__(self, group, indices: list[int]):
