@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -45,7 +46,8 @@ class Probe:
         batch[f"{self.name}_state"] = np.array([table.get("state", "")] * n)
         if self.log:
             with open(self.log, "a") as f:
-                f.write(f"end {self.name} {self.group} {time.time():.6f}\n")
+                bundles = sorted(table["bundles"].items())
+                f.write(f"end {self.name} {self.group} {time.time():.6f} {bundles!r}\n")
         return batch
 
 
@@ -57,7 +59,10 @@ def test_evaluation_phase_holds_exactly_its_actor_bundles_then_releases_them(ray
         Stage(Probe, {"name": "gen"}, actors=2, batch_size=1, cpus=0.25),
         Stage(Probe, {"name": "score"}, actors=1, batch_size=1, cpus=0.5),
     ]
-    out = run_stages([{"i": i} for i in range(6)], stages, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = run_stages([{"i": i} for i in range(6)], stages, progress=False)
+    assert not [w for w in caught if "ray_remote_args" in str(w.message)]  # silenced where chosen (reservations.py)
     assert sorted(r["i"] for r in out) == list(range(6))
     groups = {r["gen_group"] for r in out} | {r["score_group"] for r in out}
     assert len(groups) == 1 and "" not in groups  # both pools in one group
@@ -92,9 +97,9 @@ def test_two_phases_that_do_not_fit_together_run_one_after_the_other(ray_cluster
     assert all(sorted(r["i"] for r in results[k]) == list(range(6)) for k in (0, 1))
     spans = []
     for log in logs:
-        lines = [line.split() for line in log.read_text().splitlines()]
-        assert sum(1 for w in lines if w[0] == "start") == 3  # all three actors of the phase started
-        assert len({w[2] for w in lines}) == 1  # in one group
+        lines = [line.split(" ", 4) for line in log.read_text().splitlines()]
+        assert len({w[2] for w in lines}) == 1  # every actor of the phase in one group, which held 3 bundles
+        assert {w[4] for w in lines if w[0] == "end"} == {repr([(i, {"CPU": 0.5}) for i in range(3)])}
         spans.append((min(float(w[3]) for w in lines), max(float(w[3]) for w in lines)))
     first, second = sorted(spans)
     assert second[0] > first[1]  # no actor of the later phase started before the earlier phase's last batch ended

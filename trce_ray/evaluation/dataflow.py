@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import TRCEError
 from ..ray_runtime import ensure_ray
-from ..reservations import Pool, reserved
+from ..reservations import Pool, map_pool, reserved
 
 
 @dataclass(frozen=True)
@@ -106,15 +106,17 @@ def _stream(ray, rows, stages, reservation, desc, progress, on_batch) -> list[di
     blocks = max(1, min(len(rows), math.ceil(len(rows) / stages[0].batch_size)))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
     for i, st in enumerate(stages):
-        ds = ds.map_batches(
+        ds = map_pool(
+            ds,
             st.cls,
+            reservation,
+            i,
             fn_constructor_kwargs={"spec": st.spec},
             compute=ray.data.ActorPoolStrategy(size=st.actors),
             batch_size=st.batch_size,
             num_gpus=st.gpus,
             num_cpus=st.cpus,
             batch_format="numpy",
-            **reservation.remote_args(i),
         )
     out: list[dict] = []
     try:

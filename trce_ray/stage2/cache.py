@@ -29,7 +29,7 @@ from ..interrupts import keep
 from ..locks import hold
 from ..models.loading import model_fingerprint
 from ..ray_runtime import ensure_ray
-from ..reservations import Pool, reserved
+from ..reservations import Pool, map_pool, reserved
 from .plan import MALICIOUS, UNCONDITIONAL, TrajectorySpec, sampling_cost
 from .sampler import TENSOR_COLUMNS
 from .shards import read_shard, shard_meta, write_shard
@@ -274,14 +274,16 @@ def _run_actor_pool(job, missing, num_actors, num_cpus, num_gpus, worker_cls, pr
     try:
         with reserved("the trajectory cache", [Pool(actors, num_cpus, num_gpus)]) as reservation:
             ds = ray.data.from_items([{"shard": name} for name in missing], override_num_blocks=len(missing))
-            ds = ds.map_batches(
+            ds = map_pool(
+                ds,
                 worker_cls,
+                reservation,
+                0,
                 fn_constructor_kwargs={"job": job},
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=actors),
                 num_cpus=num_cpus,
                 num_gpus=num_gpus,
-                **reservation.remote_args(0),
             )
             with tqdm(total=len(missing), desc="trajectory cache", unit="shard", disable=not progress) as bar:
                 for _ in ds.iter_rows():
