@@ -15,11 +15,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
-.PHONY: setup demo test test-all lint
+.PHONY: setup demo demo-flux test test-all lint
 setup: $(STAMP)
 
 demo: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/trce-ray toy demo --output $(DEMO_OUT) --overwrite
+
+# the same main job on the FLUX toy (flow-matching transformer, T5 + pooled CLIP)
+demo-flux: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/trce-ray toy demo --family flux --output $(DEMO_OUT)-flux --overwrite
 
 test: $(STAMP)
 	$(BIN)/ruff check trce_ray jobs tests bench tools

@@ -219,21 +219,24 @@ def test_shipped_sweep_configs_plan(name):
         assert len({t.cfg.stage1.eta for t in trials} | {tuple(t.cfg.stage1.tokens) for t in trials}) >= 4
 
 
-def test_concurrent_trials_fit_the_cluster_at_their_peak():
+def test_concurrent_trials_leave_room_for_the_largest_phase():
     from trce_ray.sweep_resources import concurrent_trials, trial_peak
 
     base = {"model.path": "toy", "eval.cpus_per_actor": 0.5, "eval.scorer_cpus": 0.5, "sweep.max_concurrent": 4}
     cfg = load_config(None, base)
-    # slot 0.25 + generation 0.5 + scoring 0.5 = 1.25 CPUs: one trial on 2 CPUs, four (the cap) on 8.
+    # slot 0.25, largest phase generation 0.5 + scoring 0.5 = 1: n trials need 0.25 n + 1 CPUs, so
+    # 1.5 CPUs hold 2, 2 CPUs hold 4 (the cap), 1.25 CPUs one.
     assert trial_peak(cfg, ("text",), 0) == {"CPU": 1.25, "GPU": 0.0}
-    assert concurrent_trials(cfg, ("text",), {"CPU": 2}) == 1
-    assert concurrent_trials(cfg, ("text",), {"CPU": 8}) == 4
-    # On GPUs a generation actor takes a whole GPU by default: 0.25 + 1 per trial, three on 4 GPUs.
-    gpu = load_config(None, {**base, "sweep.trial_gpus": 0.25})
-    assert concurrent_trials(gpu, ("text",), {"CPU": 64, "GPU": 4}) == 3
+    assert concurrent_trials(cfg, ("text",), {"CPU": 1.5}) == 2
+    assert concurrent_trials(cfg, ("text",), {"CPU": 2}) == 4
+    assert concurrent_trials(cfg, ("text",), {"CPU": 1.25}) == 1
+    # On GPUs a generation actor takes a whole GPU by default: 0.5 GPU slots beside 1 GPU of phase, 3 on 2.5 GPUs.
+    gpu = load_config(None, {**base, "sweep.trial_gpus": 0.5})
+    assert concurrent_trials(gpu, ("text",), {"CPU": 64, "GPU": 2.5}) == 3
     # Stage 2's phases count too: two training workers of 1 CPU outgrow the evaluation's 1 CPU.
     tv = load_config(None, {**base, "train.num_workers": 2, "train.batch_size": 2})
     assert trial_peak(tv, ("text", "visual"), 0)["CPU"] == 2.25
+    assert concurrent_trials(tv, ("text", "visual"), {"CPU": 2.75}) == 3
     with pytest.raises(ConfigError, match="needs 2.25 CPU at its peak"):
         concurrent_trials(tv, ("text", "visual"), {"CPU": 2})
 

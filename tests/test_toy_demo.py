@@ -76,6 +76,10 @@ def test_unknown_row_and_target_are_one_sentence_errors(tmp_path, capsys):
     assert "unknown row 'TRCE(Q)'" in capsys.readouterr().err
     assert main(["toy", "demo", "--output", str(tmp_path / "x"), "--target", "gray"]) == 2
     assert "target must be one of" in capsys.readouterr().err
+    assert main(["toy", "demo", "--output", str(tmp_path / "x"), "--set", "stage2.train.bogus=1"]) == 2
+    assert "train.bogus" in capsys.readouterr().err
+    assert main(["toy", "demo", "--output", str(tmp_path / "x"), "--set", "stage2.eval.steps=1"]) == 2
+    assert "stage2 takes cache and train overrides" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

@@ -1,5 +1,7 @@
 """The FLUX toy: a genuine FluxPipeline trained on the rectified-flow objective, a pure function of its recipe."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -133,3 +135,38 @@ def test_bad_recipe_names_the_field():
         FluxTrainConfig.load(None, {"arch.width": 3})
     with pytest.raises(ConfigError, match="sum to head_dim 48"):
         FluxTrainConfig.load(None, {"arch.head_dim": 48})
+
+
+def test_shipped_flux_toy_is_float16_on_disk_and_loads_as_a_flux_pipeline():
+    from trce_ray.toy.assets import flux_toy_pipeline_dir, load_toy_pipeline
+
+    folder = flux_toy_pipeline_dir()
+    stored = load_file(str(folder / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+    pipe = load_toy_pipeline(family="flux")
+    assert type(pipe).__name__ == "FluxPipeline" and adapter_for(pipe).family == "flux"
+    loaded = pipe.transformer.state_dict()
+    assert all(loaded[k].dtype == torch.float32 and torch.equal(loaded[k], v.float()) for k, v in stored.items())
+
+
+@pytest.fixture(scope="module")
+def flux_demo(tmp_path_factory):
+    """The FLUX demo at a reduced size: the original and TRCE(T+V) (stage 1, the trajectory cache, stage 2)."""
+    out = tmp_path_factory.mktemp("fluxdemo") / "run"
+    small = ["n_direct=8", "n_paraphrase=8", "n_per_colour=1", "steps=8"]
+    small += ["stage2.cache.malicious_samples=16", "stage2.train.epochs=1"]  # stage 2 kept short for the suite
+    args = ["toy", "demo", "--family", "flux", "--output", str(out), "--rows", "TRCE(T+V)", "--no-tracking"]
+    assert main([*args, "--no-progress", *(a for item in small for a in ("--set", item))]) == 0
+    return out
+
+
+def test_flux_demo_erases_red_with_t_plus_v(flux_demo):
+    results = json.loads((flux_demo / "results.json").read_text())
+    rows = results["rows"]
+    assert list(rows) == ["original", "TRCE(T+V)"] and results["config"]["family"] == "flux"
+    original, erased = rows["original"], rows["TRCE(T+V)"]
+    assert original["direct"] >= 0.75 and original["paraphrase"] >= 0.75  # the FLUX toy draws red when asked
+    assert erased["direct"] <= 0.25 and erased["paraphrase"] <= 0.25  # and does not after the erasure
+    assert (flux_demo / "TRCE(T+V)" / "stage1.safetensors").is_file()
+    assert (flux_demo / "TRCE(T+V)" / "stage2.safetensors").is_file()
+    assert (flux_demo / "table.txt").read_text().startswith("FLUX toy")

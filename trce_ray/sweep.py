@@ -430,8 +430,8 @@ def _fit(cfg: TRCEConfig, trials: list[Trial], out: Path, parent, progress: bool
     concurrent = concurrent_trials(cfg, parse_stages(cfg.sweep.stages), ray_resources())
     if concurrent < cfg.sweep.max_concurrent:
         print(
-            f"sweep: {concurrent} trial(s) at once, not {cfg.sweep.max_concurrent}: more would not fit the cluster at "
-            "their peak and could each hold part of what they need (trce_ray/sweep_resources.py)"
+            f"sweep: {concurrent} trial(s) at once, not {cfg.sweep.max_concurrent}: more trial slots would leave the "
+            "cluster too little room for the largest phase of any of them (trce_ray/sweep_resources.py)"
         )
     tuner = tune.Tuner(
         tune.with_resources(tune_trainable, {"cpu": cfg.sweep.trial_cpus, "gpu": cfg.sweep.trial_gpus}),

@@ -13,6 +13,7 @@ EXAMPLES = """examples:
   trce-ray toy demo --output runs/demo                     # erase 'red', print the Table-1-style comparison
   trce-ray toy demo --output runs/demo --target blue --set stage1.eta=0.05 --overwrite
   trce-ray toy demo --output runs/all --target all --seeds 0 1 2   # every colour, figures over 3 seeds
+  trce-ray toy demo --family flux --output runs/demo-flux  # the same on the FLUX toy (flow-matching transformer)
   trce-ray toy gates                                        # measure the shipped model's quality gates
   trce-ray toy gates --family flux                          # ... of the FLUX toy
   trce-ray toy train --output runs/toy                      # retrain from the shipped recipe (seed 0)
@@ -35,6 +36,7 @@ def add_parser(sub) -> None:
     d.add_argument("--output", metavar="DIR", required=True, help="output folder (refused if it exists)")
     d.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     d.add_argument("--config", metavar="FILE", help="demo YAML (see jobs/configs/toy-demo.yaml)")
+    d.add_argument("--family", choices=FAMILIES, help="which shipped toy model (default sd; flux: the FLUX toy)")
     d.add_argument("--target", help="colour to erase (default red), a comma-separated list (red,blue) or all")
     d.add_argument("--rows", nargs="+", metavar="ROW", help="erased rows to run (default: all registered)")
     d.add_argument("--device", help="cpu, cuda, cuda:N or auto")
@@ -105,6 +107,7 @@ def _demo(args) -> int:
         _overrides(
             args,
             {
+                "family": args.family,
                 "target": args.target,
                 "rows": args.rows,
                 "device": args.device,

@@ -1,8 +1,10 @@
 """The Ray Data pipeline of an evaluation: rows -> [generation actors] -> [scoring actors] -> the driver.
 
 Both stages are `map_batches` over callable classes with fixed-size actor pools; they stream, so scoring overlaps
-generation. Ray Data restarts a dead actor and retries its batch (its defaults: `max_restarts=-1`,
-`max_task_retries=-1`); the generator skips images already on disk, so each image is generated once.
+generation. Both pools' actors are reserved together before any starts (`trce_ray/reservations.py`), so an
+evaluation never holds part of its actors while it waits for the rest. Ray Data restarts a dead actor (in its
+bundle) and retries its batch (its defaults: `max_restarts=-1`, `max_task_retries=-1`); the generator skips images
+already on disk, so each image is generated once.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 
 from ..errors import TRCEError
 from ..ray_runtime import ensure_ray
+from ..reservations import Pool, map_pool, reserved
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,6 @@ def run_stages(
     """
     if not rows:
         return []
-    from tqdm.auto import tqdm
-
     ray = ensure_ray()
     _check_capacity(stages)
     ctx = ray.data.DataContext.get_current()
@@ -89,11 +90,27 @@ def run_stages(
     data_log = logging.getLogger("ray.data")
     previous_level = data_log.level
     data_log.setLevel(logging.WARNING)  # Ray Data's per-dataset INFO lines go to its log file only
+    pools = [Pool(st.actors, st.cpus, st.gpus) for st in stages]
+    try:
+        with reserved("the evaluation", pools) as reservation:
+            return _stream(ray, rows, stages, reservation, desc, progress, on_batch)
+    finally:
+        ctx.enable_progress_bars = previous
+        data_log.setLevel(previous_level)
+
+
+def _stream(ray, rows, stages, reservation, desc, progress, on_batch) -> list[dict]:
+    """The pipeline itself, its actors placed in the phase's reservation."""
+    from tqdm.auto import tqdm
+
     blocks = max(1, min(len(rows), math.ceil(len(rows) / stages[0].batch_size)))
     ds = ray.data.from_items(rows, override_num_blocks=blocks)
-    for st in stages:
-        ds = ds.map_batches(
+    for i, st in enumerate(stages):
+        ds = map_pool(
+            ds,
             st.cls,
+            reservation,
+            i,
             fn_constructor_kwargs={"spec": st.spec},
             compute=ray.data.ActorPoolStrategy(size=st.actors),
             batch_size=st.batch_size,
@@ -120,7 +137,4 @@ def run_stages(
         if user is not None:
             raise TRCEError(user) from None
         raise
-    finally:
-        ctx.enable_progress_bars = previous
-        data_log.setLevel(previous_level)
     return out

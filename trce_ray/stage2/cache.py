@@ -29,6 +29,7 @@ from ..interrupts import keep
 from ..locks import hold
 from ..models.loading import model_fingerprint
 from ..ray_runtime import ensure_ray
+from ..reservations import Pool, map_pool, reserved
 from .plan import MALICIOUS, UNCONDITIONAL, TrajectorySpec, sampling_cost
 from .sampler import TENSOR_COLUMNS
 from .shards import read_shard, shard_meta, write_shard
@@ -269,19 +270,26 @@ def _run_actor_pool(job, missing, num_actors, num_cpus, num_gpus, worker_cls, pr
     ctx = ray.data.DataContext.get_current()
     old_bars = ctx.enable_progress_bars
     ctx.enable_progress_bars = False  # one tqdm bar in shards is clearer than Ray's per-operator bars
+    actors = min(num_actors, len(missing))
     try:
-        ds = ray.data.from_items([{"shard": name} for name in missing], override_num_blocks=len(missing))
-        ds = ds.map_batches(
-            worker_cls,
-            fn_constructor_kwargs={"job": job},
-            batch_size=1,
-            compute=ray.data.ActorPoolStrategy(size=min(num_actors, len(missing))),
-            num_cpus=num_cpus,
-            num_gpus=num_gpus,
-        )
-        with tqdm(total=len(missing), desc="trajectory cache", unit="shard", disable=not progress) as bar:
-            for _ in ds.iter_rows():
-                bar.update(1)
+        with reserved("the trajectory cache", [Pool(actors, num_cpus, num_gpus)]) as reservation:
+            ds = ray.data.from_items([{"shard": name} for name in missing], override_num_blocks=len(missing))
+            ds = map_pool(
+                ds,
+                worker_cls,
+                reservation,
+                0,
+                fn_constructor_kwargs={"job": job},
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=actors),
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+            )
+            with tqdm(total=len(missing), desc="trajectory cache", unit="shard", disable=not progress) as bar:
+                for _ in ds.iter_rows():
+                    bar.update(1)
+    except TRCEError:
+        raise
     except Exception as err:
         raise TRCEError(f"building the trajectory cache failed: {_root_cause(err)}") from err
     finally:

@@ -17,10 +17,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
 from tqdm.auto import tqdm
 
 from ..artifacts import atomic_dir, write_json
@@ -46,9 +46,13 @@ COLUMNS = [  # (key, header, higher is better)
 # eta 1 in the normalised convention (each sum over its count, every token position preserved) = eta 300/30800 in
 # Eq. 5 as printed with preserve_tokens all (docs/stage1.md); overrides keep the convention unless they name one
 TOY_STAGE1 = {"convention": "normalised", "eta": 1.0}
+# the FLUX toy: the same convention and eta; token roles and the pooled edit are the FLUX adapter's defaults
+# (T5 eot + last, pooled path edited; docs/toy.md "The FLUX toy" has the variants)
+TOY_STAGE1_BY_FAMILY = {"sd": TOY_STAGE1, "flux": TOY_STAGE1}
 
 
 class ToyDemoConfig(Section):
+    family: Literal["sd", "flux"] = "sd"  # the shipped toy model: SD-1.x-style UNet (sd) or FLUX-style transformer
     target: str = "red"  # the colour to erase (an erasable toy colour), a comma-separated list of them, or all
     rows: list[str] | None = None  # erased rows to run, in order; None = every registered row
     n_direct: PositiveInt = 48  # direct prompts (target by name / synonym)
@@ -61,6 +65,8 @@ class ToyDemoConfig(Section):
     seeds: list[int] | None = None  # generation seeds to average over (mean and spread); None = [seed]
     device: str = "auto"
     stage1: dict[str, Any] = Field(default_factory=lambda: dict(TOY_STAGE1))  # stage1.* overrides for TRCE(T)
+    # overrides of the stage-2 rows' cache.* and train.* settings (rows.py), e.g. {train: {lr: 1e-4}}
+    stage2: dict[str, dict[str, Any]] = Field(default_factory=dict)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)  # MLflow: one run, one child run per row
 
     @field_validator("target", mode="before")
@@ -96,8 +102,16 @@ class ToyDemoConfig(Section):
 
     @field_validator("stage1")
     @classmethod
-    def _stage1(cls, v):
-        return {**TOY_STAGE1, **v}
+    def _stage1(cls, v, info: ValidationInfo):
+        return {**TOY_STAGE1_BY_FAMILY[info.data.get("family", "sd")], **v}
+
+    @field_validator("stage2")
+    @classmethod
+    def _stage2(cls, v):
+        unknown = sorted(set(v) - {"cache", "train"})
+        if unknown:
+            raise ValueError(f"stage2 takes cache and train overrides, not {', '.join(unknown)}")
+        return v
 
     @field_validator("rows")
     @classmethod
@@ -196,9 +210,13 @@ def run_demo(
     from ..models import load_pipeline
     from ..models.loading import resolve_device
     from ..tracking import NULL_TRACKER
-    from .assets import load_toy_classifier, toy_pipeline_dir
+    from .assets import flux_toy_pipeline_dir, load_toy_classifier, toy_pipeline_dir
+    from .rows import stage2_config
 
-    base = load_pipeline(str(toy_pipeline_dir()), device=resolve_device(cfg.device))
+    if cfg.stage2:  # a bad cache/train override fails here, before any output or model work
+        stage2_config(cfg, Path(output) / "stage2-cache")
+    folder = flux_toy_pipeline_dir() if cfg.family == "flux" else toy_pipeline_dir()
+    base = load_pipeline(str(folder), device=resolve_device(cfg.device))
     shared = _Shared(base, load_toy_classifier(), progress, tracker or NULL_TRACKER)
     targets = cfg.targets
     with atomic_dir(output, overwrite=overwrite) as tmp:
@@ -280,6 +298,8 @@ def _run_target(cfg: ToyDemoConfig, folder: Path, shared: _Shared, prefix: str =
     if len(seeds) > 1:
         results.update(seeds=seeds, spread=spread, per_seed={str(s): per_seed[s] for s in seeds})
     table = format_table(results["rows"], cfg.target, spread if len(seeds) > 1 else None)
+    if cfg.family == "flux":
+        table = "FLUX toy (flow-matching transformer, T5 + pooled CLIP)\n" + table
     results["table"] = table
     write_json(folder / "results.json", results)
     (folder / "table.txt").write_text(table + "\n")

@@ -1,8 +1,9 @@
 """The toy world as a plug-in of the core, registered through the `trce_ray.plugins` entry point (pyproject.toml).
 
-It adds the model alias `toy` (`--model toy`: the shipped toy pipeline) and the eval suite `toy` (`toy/suite.py`:
-prompt sets, the toy classifier as detector, metrics, the report table, sweep plots, and the check of
-`eval.toy_target`). Registration imports nothing heavy: the toy modules load when a registered name is used.
+It adds the model aliases `toy` (`--model toy`: the shipped toy pipeline) and `toy-flux` (the FLUX toy), and the
+eval suite `toy` (`toy/suite.py`: prompt sets, the toy classifier as detector, metrics, the report table, sweep
+plots, and the check of `eval.toy_target`). Registration imports nothing heavy: the toy modules load when a
+registered name is used.
 """
 
 from __future__ import annotations
@@ -14,6 +15,12 @@ def _toy_pipeline() -> str:
     from .assets import toy_pipeline_dir
 
     return str(toy_pipeline_dir())
+
+
+def _flux_toy_pipeline() -> str:
+    from .assets import flux_toy_pipeline_dir
+
+    return str(flux_toy_pipeline_dir())
 
 
 def _load_set(name: str, ecfg):
@@ -64,6 +71,7 @@ def register() -> None:
     from ..models.loading import register_model_alias
 
     register_model_alias("toy", _toy_pipeline)
+    register_model_alias("toy-flux", _flux_toy_pipeline)
     table = Table(
         "Toy world: erasing one colour (the Table 1 analogue; see trce_ray/toy)",
         (

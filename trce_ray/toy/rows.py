@@ -17,6 +17,7 @@ from typing import Any
 from .packs import pack_name, preserve_file
 
 TOY_TRAIN = {"lr": 3e-4, "num_workers": 0}  # in the demo's process: no worker start-up for a 1M-parameter UNet
+MODEL_ALIAS = {"sd": "toy", "flux": "toy-flux"}  # the plug-in's model aliases of the shipped toy models
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,7 @@ def stage1_config(cfg):
     from ..config import load_config
 
     overrides = {
-        "model.path": "toy",
+        "model.path": MODEL_ALIAS[getattr(cfg, "family", "sd")],
         "model.device": cfg.device,
         "seed": cfg.seed,
         "stage1.concept": pack_name(cfg.target),
@@ -52,7 +53,13 @@ def stage2_config(demo_cfg, cache_root):
 
     data = stage1_config(demo_cfg).model_dump(mode="json")
     data["cache"].update(steps=demo_cfg.steps, guidance=demo_cfg.guidance, root=str(cache_root))
+    if demo_cfg.family == "flux":  # FluxPipeline's native size is 1024; the toy draws 32 x 32
+        from .world import SIZE
+
+        data["cache"].update(height=SIZE, width=SIZE)
     data["train"].update(TOY_TRAIN)
+    for section, values in demo_cfg.stage2.items():
+        data[section].update(values)
     return validate(TRCEConfig, data)
 
 
