@@ -112,7 +112,7 @@ def main() -> None:
             f"{100 * float((erase > 0).mean()):.0f} %",
             " / ".join(f"{v:.3g}" for v in p),
             f"{lam * p[2]:.3g}",
-            *(row.get(k, "") for k in METRICS),
+            *(f"{float(row[k]):.4g}" if row.get(k) else "" for k in METRICS),
         ]
         print("| " + " | ".join(cells) + " |")
     if args.hinge:
