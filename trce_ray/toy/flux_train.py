@@ -41,6 +41,9 @@ class FluxTrainConfig(Recipe):
     ema_decay: float = 0.995  # weights shipped are the EMA (warm-up (1+k)/(10+k))
     save_dtype: Literal["float16", "float32"] = "float16"  # storage dtype of the pipeline (loaded as float32)
     log_every: PositiveInt = 50
+    # probability that a training caption reaches T5 only (CLIP, hence the pooled vector, reads ""): 0 in the shipped
+    # recipe, whose model then reads colour from the pooled vector alone (docs/toy.md, "Which path carries colour")
+    pooled_drop: float = Field(0.0, ge=0.0, le=1.0)
 
 
 def _shipped_vae():
@@ -84,6 +87,7 @@ def train_flux(cfg: FluxTrainConfig, vae, progress: bool = True):
     adapter = adapter_for(pipe)
     t5_tok, clip_tok = t5_tokenizer(max_length=arch.t5_length), clip_tokenizer()
     t5_cache, clip_cache = {}, {}
+    drop_rng = np.random.default_rng([cfg.seed, 6])  # its own stream: pooled_drop 0 leaves the recipe bit-identical
 
     def step_loss(step: int):
         idx = torch.randint(0, len(scenes), (cfg.batch,), generator=gen)
@@ -92,9 +96,13 @@ def train_flux(cfg: FluxTrainConfig, vae, progress: bool = True):
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.rand(len(idx), generator=gen)
         xt, velocity = flow_pair(x0, noise, t)
+        clip_captions = captions
+        if cfg.pooled_drop > 0:
+            dropped = drop_rng.random(len(captions)) < cfg.pooled_drop
+            clip_captions = ["" if d else c for c, d in zip(captions, dropped, strict=True)]
         cond = Conditioning(
             hidden=t5(_caption_ids(t5_tok, captions, t5_cache))[0],
-            pooled=clip(_caption_ids(clip_tok, captions, clip_cache)).pooler_output,
+            pooled=clip(_caption_ids(clip_tok, clip_captions, clip_cache)).pooler_output,
         )
         err = (adapter.predict_noise(xt, t * 1000, cond) - velocity).pow(2).mean()
         return err, float(err.detach())
