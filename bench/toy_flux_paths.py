@@ -16,6 +16,7 @@ import argparse
 
 import torch
 
+from trce_ray.models import load_pipeline
 from trce_ray.toy.assets import load_toy_classifier, load_toy_pipeline
 from trce_ray.toy.bench import EVAL_TEMPLATES, PromptRow, _start, classify
 from trce_ray.toy.world import COLOURS, SAFE_COLOUR, SHAPE_WORDS, SHAPES, adjectives, held_out_paraphrases
@@ -57,9 +58,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--colours", nargs="+", default=["red", "blue"])
     ap.add_argument("--n", type=int, default=24, help="direct and paraphrase prompts per colour")
+    ap.add_argument("--pipeline", help="a FLUX toy pipeline folder (default: the shipped one)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    pipe, classifier = load_toy_pipeline(family="flux"), load_toy_classifier()
+    pipe = load_pipeline(args.pipeline) if args.pipeline else load_toy_pipeline(family="flux")
+    classifier = load_toy_classifier()
     gray = COLOURS.index(SAFE_COLOUR)
     print("| colour | prompts | " + " | ".join(CASES) + " |")
     print("|---|---|" + "---|" * len(CASES))

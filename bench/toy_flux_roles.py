@@ -21,6 +21,7 @@ import time
 
 import torch
 
+from trce_ray.models import load_pipeline
 from trce_ray.models.erased import load_erased
 from trce_ray.toy.assets import load_toy_classifier, load_toy_pipeline
 from trce_ray.toy.bench import SET_NAMES, classify, generate, prompt_sets, score
@@ -29,12 +30,15 @@ from trce_ray.toy.rows import stage1_config
 from trce_ray.workflow import run_erasure
 
 
-def erased(base, colour: str, tokens: list[str], pooled: bool, eta: float, folder: str):
-    """Stage 1 alone on the FLUX toy into `folder`; the erased pipeline."""
+def erased(base, colour: str, tokens: list[str], pooled: bool, eta: float, folder: str, pipeline: str | None = None):
+    """Stage 1 alone on the FLUX toy (or the FLUX pipeline folder `pipeline`) into `folder`; the erased pipeline."""
     demo = ToyDemoConfig(
         family="flux", target=colour, device="cpu", stage1={"tokens": tokens, "pooled": pooled, "eta": eta}
     )
-    run_erasure(stage1_config(demo), folder, ("text",), progress=False, pipe=base)
+    cfg = stage1_config(demo)
+    if pipeline:
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"path": pipeline})})
+    run_erasure(cfg, folder, ("text",), progress=False, pipe=base)
     return load_erased(folder, device="cpu")
 
 
@@ -47,9 +51,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=24, help="direct and held-out paraphrase prompts")
     ap.add_argument("--per-colour", type=int, default=6, help="preservation prompts per other colour")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pipeline", help="a FLUX toy pipeline folder (default: the shipped one)")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    base, classifier = load_toy_pipeline(family="flux"), load_toy_classifier()
+    base = load_pipeline(args.pipeline) if args.pipeline else load_toy_pipeline(family="flux")
+    classifier = load_toy_classifier()
     for colour in args.colours:
         sets = prompt_sets(colour, args.n, args.n, args.per_colour, args.seed)
 
@@ -63,7 +69,8 @@ def main() -> None:
             for pooled in args.pooled:
                 t0 = time.perf_counter()
                 with tempfile.TemporaryDirectory() as tmp:
-                    pipe = erased(base, colour, tokens.split(","), pooled == "on", args.eta, f"{tmp}/out")
+                    roles = tokens.split(",")
+                    pipe = erased(base, colour, roles, pooled == "on", args.eta, f"{tmp}/out", args.pipeline)
                     rows[f"{tokens} p={pooled}"], _ = measure(pipe, reference)
                 print(f"{colour} {tokens} pooled {pooled}: {time.perf_counter() - t0:.0f} s", flush=True)
         print(f"FLUX toy, normalised eta {args.eta:g}, seed {args.seed}")
