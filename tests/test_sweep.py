@@ -9,7 +9,7 @@ from trce_ray.cli import main
 from trce_ray.cli.sweep import parse_grid_item
 from trce_ray.config import load_config
 from trce_ray.errors import ConfigError
-from trce_ray.sweep import grid_trials, plan_trials
+from trce_ray.sweep import grid_trials, plan_trials, write_plot
 from trce_ray.toy.packs import preserve_file
 
 
@@ -27,6 +27,19 @@ def test_grid_expands_every_combination_with_validated_configs():
     ]
     assert trials[3].cfg.stage1.eta == 1.0 and trials[3].cfg.stage1.tokens == ["eot", "key"]
     assert trials[0].cfg.model.path == "toy"
+
+
+def test_plot_of_points_that_set_different_fields_leaves_out_those_without_the_x_field(tmp_path):
+    """Table 5's points switch different fields: the plot draws the trials that set the first one, no KeyError."""
+    rows = [
+        {"error": "", "train.preserve_loss": False, "toy/direct": 0.0},
+        {"error": "", "train.erase_contrast": False, "toy/direct": 0.5},
+        {"error": "", "train.preserve_loss": True, "toy/direct": 0.25},
+    ]
+    assert write_plot(rows, {"train.preserve_loss": []}, ["toy/direct"], tmp_path / "a.png")
+    assert (tmp_path / "a.png").stat().st_size > 0
+    assert not write_plot(rows[1:2], {"train.preserve_loss": []}, ["toy/direct"], tmp_path / "b.png")
+    assert not (tmp_path / "b.png").exists()
 
 
 def test_points_run_as_listed_and_cross_the_grid():

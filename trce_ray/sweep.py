@@ -272,8 +272,10 @@ def plot_metrics(cfg: TRCEConfig) -> list[str]:
 
 
 def write_plot(rows: list[dict], grid: dict, metrics: list[str], path: Path) -> bool:
-    """Each metric against the first swept field (one line per combination of the others); log x when it spans 10x."""
-    ok = [r for r in rows if not r["error"]]
+    """Each metric against the first swept field (one line per combination of the others); log x when it spans 10x.
+    Trials that do not set that field (listed points may set different fields) are left out of the plot."""
+    x_key = next(iter(grid))
+    ok = [r for r in rows if not r["error"] and r.get(x_key) is not None]
     metrics = [m for m in metrics if any(isinstance(r.get(m), (int, float)) for r in ok)]
     if not ok or not metrics:
         return False
@@ -282,7 +284,7 @@ def write_plot(rows: list[dict], grid: dict, metrics: list[str], path: Path) -> 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x_key, others = next(iter(grid)), list(grid)[1:]
+    others = list(grid)[1:]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         for combo in itertools.product(*(grid[k] for k in others)):
