@@ -9,6 +9,7 @@ from safetensors.torch import load_file
 from trce_ray.cli import main
 from trce_ray.errors import TRCEError
 from trce_ray.toy import rows as toy_rows
+from trce_ray.toy.assets import toy_pipeline_dir
 
 SMALL = [
     "--set",
@@ -80,6 +81,11 @@ def test_unknown_row_and_target_are_one_sentence_errors(tmp_path, capsys):
     assert "train.bogus" in capsys.readouterr().err
     assert main(["toy", "demo", "--output", str(tmp_path / "x"), "--set", "stage2.eval.steps=1"]) == 2
     assert "stage2 takes cache and train overrides" in capsys.readouterr().err
+    assert main(["toy", "demo", "--output", str(tmp_path / "x"), "--set", f"pipeline={tmp_path}"]) == 2
+    assert "is not a diffusers pipeline folder" in capsys.readouterr().err
+    sd = str(toy_pipeline_dir())
+    assert main(["toy", "demo", "--output", str(tmp_path / "x"), "--family", "flux", "--set", f"pipeline={sd}"]) == 2
+    assert "is not a flux toy; set family to match it" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
 
 

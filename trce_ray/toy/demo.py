@@ -53,6 +53,8 @@ TOY_STAGE1_BY_FAMILY = {"sd": TOY_STAGE1, "flux": TOY_STAGE1}
 
 class ToyDemoConfig(Section):
     family: Literal["sd", "flux"] = "sd"  # the shipped toy model: SD-1.x-style UNet (sd) or FLUX-style transformer
+    # a toy pipeline folder of `family` to run on instead of the shipped one (e.g. what `trce-ray toy train` wrote)
+    pipeline: str | None = None
     target: str = "red"  # the colour to erase (an erasable toy colour), a comma-separated list of them, or all
     rows: list[str] | None = None  # erased rows to run, in order; None = every registered row
     n_direct: PositiveInt = 48  # direct prompts (target by name / synonym)
@@ -104,6 +106,15 @@ class ToyDemoConfig(Section):
     @classmethod
     def _stage1(cls, v, info: ValidationInfo):
         return {**TOY_STAGE1_BY_FAMILY[info.data.get("family", "sd")], **v}
+
+    @field_validator("pipeline")
+    @classmethod
+    def _pipeline(cls, v):
+        if v is not None:
+            v = str(Path(v).expanduser().resolve())
+            if not (Path(v) / "model_index.json").is_file():
+                raise ValueError(f"{v} is not a diffusers pipeline folder (no model_index.json)")
+        return v
 
     @field_validator("stage2")
     @classmethod
@@ -215,8 +226,15 @@ def run_demo(
 
     if cfg.stage2:  # a bad cache/train override fails here, before any output or model work
         stage2_config(cfg, Path(output) / "stage2-cache")
-    folder = flux_toy_pipeline_dir() if cfg.family == "flux" else toy_pipeline_dir()
+    if cfg.pipeline is not None:
+        folder = cfg.pipeline
+    else:
+        folder = flux_toy_pipeline_dir() if cfg.family == "flux" else toy_pipeline_dir()
     base = load_pipeline(str(folder), device=resolve_device(cfg.device))
+    if (getattr(base, "transformer", None) is not None) != (cfg.family == "flux"):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"pipeline {folder} is not a {cfg.family} toy; set family to match it")
     shared = _Shared(base, load_toy_classifier(), progress, tracker or NULL_TRACKER)
     targets = cfg.targets
     with atomic_dir(output, overwrite=overwrite) as tmp:

@@ -36,7 +36,7 @@ def stage1_config(cfg):
     from ..config import load_config
 
     overrides = {
-        "model.path": MODEL_ALIAS[getattr(cfg, "family", "sd")],
+        "model.path": cfg.pipeline or MODEL_ALIAS[cfg.family],
         "model.device": cfg.device,
         "seed": cfg.seed,
         "stage1.concept": pack_name(cfg.target),
