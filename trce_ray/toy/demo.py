@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator
+from pydantic import Field, PositiveFloat, PositiveInt, field_validator
 from tqdm.auto import tqdm
 
 from ..artifacts import atomic_dir, write_json
@@ -45,10 +45,9 @@ COLUMNS = [  # (key, header, higher is better)
 
 # eta 1 in the normalised convention (each sum over its count, every token position preserved) = eta 300/30800 in
 # Eq. 5 as printed with preserve_tokens all (docs/stage1.md); overrides keep the convention unless they name one
+# Both toy families use it; token roles and the pooled edit are each family's adapter defaults (FLUX: T5 eot + last,
+# pooled path edited; docs/toy.md "The FLUX toy" has the variants)
 TOY_STAGE1 = {"convention": "normalised", "eta": 1.0}
-# the FLUX toy: the same convention and eta; token roles and the pooled edit are the FLUX adapter's defaults
-# (T5 eot + last, pooled path edited; docs/toy.md "The FLUX toy" has the variants)
-TOY_STAGE1_BY_FAMILY = {"sd": TOY_STAGE1, "flux": TOY_STAGE1}
 
 
 class ToyDemoConfig(Section):
@@ -104,8 +103,8 @@ class ToyDemoConfig(Section):
 
     @field_validator("stage1")
     @classmethod
-    def _stage1(cls, v, info: ValidationInfo):
-        return {**TOY_STAGE1_BY_FAMILY[info.data.get("family", "sd")], **v}
+    def _stage1(cls, v):
+        return {**TOY_STAGE1, **v}
 
     @field_validator("pipeline")
     @classmethod
