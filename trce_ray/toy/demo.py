@@ -217,7 +217,7 @@ def run_demo(
     Args:
         tracker: the demo's open MLflow run (trce_ray.tracking); each row becomes a child run of it.
     """
-    from ..models import load_pipeline
+    from ..models import adapter_for, load_pipeline
     from ..models.loading import resolve_device
     from ..tracking import NULL_TRACKER
     from .assets import flux_toy_pipeline_dir, load_toy_classifier, toy_pipeline_dir
@@ -230,7 +230,7 @@ def run_demo(
     else:
         folder = flux_toy_pipeline_dir() if cfg.family == "flux" else toy_pipeline_dir()
     base = load_pipeline(str(folder), device=resolve_device(cfg.device))
-    if (getattr(base, "transformer", None) is not None) != (cfg.family == "flux"):
+    if adapter_for(base).family != cfg.family:
         from ..errors import ConfigError
 
         raise ConfigError(f"pipeline {folder} is not a {cfg.family} toy; set family to match it")
